@@ -1,0 +1,288 @@
+"""The feature store: Parquet files plus ``dataset.json``, as fixed in DESIGN.md.
+
+Layout of a store directory::
+
+    dataset.json            name, task, class_names, modalities {name: {dim, extractor, weights, config}}
+    shard-00000.parquet     rows: video_id, split, label | labels, visual, text, audio (+ extra columns)
+    _failures/*.parquet     video_id, path, stage, error
+    _parts/...              staging area of the extraction job (ignored by readers)
+
+Readers accept any number of ``*.parquet`` files in any row order and skip every
+directory whose name starts with ``_`` or ``.``. Every file is written atomically:
+it is written under a hidden temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = [
+    "DATASET_JSON",
+    "FAILURES_DIR",
+    "MODALITY_DIMS",
+    "SPLITS",
+    "TASKS",
+    "StoreError",
+    "atomic_write_bytes",
+    "atomic_write_table",
+    "failure_schema",
+    "list_parquet_files",
+    "read_dataset_json",
+    "read_failures",
+    "read_store",
+    "sequence_to_numpy",
+    "store_schema",
+    "validate_store",
+    "write_dataset_json",
+    "write_failures",
+]
+
+DATASET_JSON = "dataset.json"
+FAILURES_DIR = "_failures"
+TASKS = ("single_label", "multi_label")
+SPLITS = ("train", "val", "test")
+MODALITIES = ("visual", "text", "audio")
+# Fixed feature widths; text depends on the text model and is read from dataset.json.
+MODALITY_DIMS = {"visual": 1024, "audio": 128}
+
+SEQUENCE = pa.list_(pa.list_(pa.float32()))
+
+
+class StoreError(ValueError):
+    """A feature store does not follow the contract; the message says where and how."""
+
+
+def store_schema(task: str) -> pa.Schema:
+    """The contract schema of a store of ``task`` (single_label or multi_label)."""
+    if task not in TASKS:
+        raise StoreError(f"task must be one of {TASKS}, got {task!r}")
+    label = (
+        pa.field("label", pa.int32())
+        if task == "single_label"
+        else pa.field("labels", pa.list_(pa.int32()))
+    )
+    return pa.schema(
+        [
+            pa.field("video_id", pa.string(), nullable=False),
+            pa.field("split", pa.string(), nullable=False),
+            label,
+            pa.field("visual", SEQUENCE),
+            pa.field("text", SEQUENCE),
+            pa.field("audio", SEQUENCE),
+        ]
+    )
+
+
+def failure_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("video_id", pa.string()),
+            pa.field("path", pa.string()),
+            pa.field("stage", pa.string()),
+            pa.field("error", pa.string()),
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------- atomic writes
+
+
+def _temporary_sibling(path: Path) -> Path:
+    # Hidden and without the .parquet suffix, so no reader ever picks it up.
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that the final name only ever holds a whole file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary_sibling(path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def atomic_write_table(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write a Parquet file atomically (temporary name, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary_sibling(path)
+    try:
+        pq.write_table(table, temporary, compression="zstd")
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------- dataset.json
+
+
+def write_dataset_json(root: str | os.PathLike, metadata: dict[str, Any]) -> None:
+    _check_metadata(metadata, Path(root) / DATASET_JSON)
+    text = json.dumps(metadata, indent=2, sort_keys=True)
+    atomic_write_bytes(Path(root) / DATASET_JSON, text.encode())
+
+
+def read_dataset_json(root: str | os.PathLike) -> dict[str, Any]:
+    path = Path(root) / DATASET_JSON
+    if not path.is_file():
+        raise StoreError(f"{path}: no dataset.json; is {root} a feature store?")
+    try:
+        metadata = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise StoreError(f"{path}: malformed JSON ({error})") from error
+    _check_metadata(metadata, path)
+    return metadata
+
+
+def _check_metadata(metadata: dict[str, Any], where: Path) -> None:
+    for key in ("name", "task", "class_names", "modalities"):
+        if key not in metadata:
+            raise StoreError(f"{where}: missing key {key!r}")
+    if metadata["task"] not in TASKS:
+        raise StoreError(f"{where}: task must be one of {TASKS}, got {metadata['task']!r}")
+    if not metadata["class_names"]:
+        raise StoreError(f"{where}: class_names is empty")
+    for name, info in metadata["modalities"].items():
+        if name not in MODALITIES:
+            raise StoreError(f"{where}: unknown modality {name!r}")
+        for key in ("dim", "extractor", "weights", "config"):
+            if key not in info:
+                raise StoreError(f"{where}: modality {name!r} lacks {key!r}")
+        expected = MODALITY_DIMS.get(name)
+        if expected is not None and int(info["dim"]) != expected:
+            raise StoreError(f"{where}: modality {name!r} has dim {info['dim']}, expected {expected}")
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def list_parquet_files(root: str | os.PathLike) -> list[str]:
+    """All ``*.parquet`` files under ``root``, skipping ``_*`` and ``.*`` entries, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise StoreError(f"{root}: not a directory")
+    found = []
+    for directory, subdirectories, files in os.walk(root):
+        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith(("_", ".")))
+        found.extend(
+            os.path.join(directory, name)
+            for name in files
+            if name.endswith(".parquet") and not name.startswith(("_", "."))
+        )
+    return sorted(found)
+
+
+def read_store(root: str | os.PathLike, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read every row of a store into one table (small stores, tests and scoring)."""
+    files = list_parquet_files(root)
+    if not files:
+        raise StoreError(f"{root}: no .parquet files")
+    tables = [pq.read_table(path, columns=list(columns) if columns else None) for path in files]
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def sequence_to_numpy(cell: Any, width: int | None = None) -> np.ndarray | None:
+    """A ``list<list<float32>>`` cell (Python lists or Arrow scalar) as a (T, D) float32 array."""
+    if cell is None:
+        return None
+    if isinstance(cell, pa.Scalar):
+        cell = cell.as_py()
+        if cell is None:
+            return None
+    array = np.asarray([np.asarray(row, dtype=np.float32) for row in cell], dtype=np.float32)
+    if array.ndim != 2 or (width is not None and array.shape[1] != width):
+        raise StoreError(f"expected a (T, {width}) sequence, got shape {array.shape}")
+    return array
+
+
+def validate_store(root: str | os.PathLike) -> dict[str, Any]:
+    """Check a store against the contract; return its metadata or raise StoreError."""
+    metadata = read_dataset_json(root)
+    label_column = "label" if metadata["task"] == "single_label" else "labels"
+    num_classes = len(metadata["class_names"])
+    seen: set[str] = set()
+    for path in list_parquet_files(root):
+        table = pq.read_table(path)
+        names = set(table.column_names)
+        for required in ("video_id", "split", label_column):
+            if required not in names:
+                raise StoreError(f"{path}: missing column {required!r}")
+        for name in ("video_id", "split"):
+            if not pa.types.is_string(table.schema.field(name).type):
+                raise StoreError(f"{path}: column {name!r} must be string")
+        for video_id, split in zip(
+            table.column("video_id").to_pylist(), table.column("split").to_pylist(), strict=True
+        ):
+            if video_id in seen:
+                raise StoreError(f"{path}: duplicate video_id {video_id!r}")
+            seen.add(video_id)
+            if split not in SPLITS:
+                raise StoreError(f"{path}: video {video_id!r} has split {split!r}")
+        _check_labels(table, label_column, num_classes, path)
+        for modality in MODALITIES:
+            if modality not in names:
+                continue
+            if table.schema.field(modality).type != SEQUENCE:
+                raise StoreError(f"{path}: column {modality!r} must be list<list<float32>>")
+            dim = metadata["modalities"].get(modality, {}).get("dim")
+            for video_id, cell in zip(
+                table.column("video_id").to_pylist(), table.column(modality), strict=True
+            ):
+                if not cell.is_valid:
+                    continue
+                array = sequence_to_numpy(cell)
+                if array.shape[0] == 0 or (dim is not None and array.shape[1] != dim):
+                    raise StoreError(
+                        f"{path}: video {video_id!r} {modality} has shape {array.shape}, "
+                        f"dataset.json says dim {dim}"
+                    )
+    return metadata
+
+
+def _check_labels(table: pa.Table, column: str, num_classes: int, path: str) -> None:
+    values = table.column(column).to_pylist()
+    flat = [v for item in values for v in (item if isinstance(item, list) else [item])]
+    bad = [v for v in flat if v is None or not 0 <= v < num_classes]
+    if bad:
+        raise StoreError(f"{path}: {column} out of range [0, {num_classes}): {bad[:5]}")
+
+
+# ---------------------------------------------------------------------------- failures
+
+
+def write_failures(root: str | os.PathLike, rows: Iterable[dict[str, str]], tag: str) -> int:
+    """Record failed videos as one atomic Parquet file ``_failures/<tag>.parquet``."""
+    rows = [
+        {key: None if row.get(key) is None else str(row.get(key)) for key in failure_schema().names}
+        for row in rows
+    ]
+    if not rows:
+        return 0
+    table = pa.Table.from_pylist(rows, schema=failure_schema())
+    atomic_write_table(table, Path(root) / FAILURES_DIR / f"{tag}.parquet")
+    return len(rows)
+
+
+def read_failures(root: str | os.PathLike) -> pa.Table:
+    directory = Path(root) / FAILURES_DIR
+    files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+    if not files:
+        return failure_schema().empty_table()
+    return pa.concat_tables([pq.read_table(path) for path in files])

@@ -1,0 +1,603 @@
+"""Dataset manifests: which videos exist, where they are, their split, labels and captions.
+
+A manifest is the first stage of every job (DESIGN.md, data flow): it turns annotation files
+plus a video root into rows ``video_id, path, split, label, labels, captions, segments,
+duration`` that Ray Data reads. Readers only read: they never write or extract anything, and
+bad input raises :class:`ManifestError` naming the file and the entry, so a typo in a
+20 000-entry JSON file is found in seconds instead of after an hour of feature extraction.
+
+Usage::
+
+    manifest = read_msrvtt(["train_val_videodatainfo.json", "test_videodatainfo.json"],
+                           "s3://bucket/msrvtt/videos", split_scheme="paper")
+    table = manifest.to_table()          # one row per listed video
+    rows = manifest.found()              # rows whose file exists; manifest.missing lists the rest
+
+Videos are found as ``<root>/<video_id>.<ext>`` (any of :data:`VIDEO_EXTENSIONS`, any case)
+with one pyarrow-filesystem listing per root, so ``s3://``, ``gs://`` and ``file://`` roots
+work like local directories.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tarfile
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+__all__ = [
+    "ARCHIVE_SEPARATOR",
+    "MSRVTT_CATEGORIES",
+    "VIDEO_EXTENSIONS",
+    "Manifest",
+    "ManifestError",
+    "ManifestRow",
+    "find_videos",
+    "manifest_schema",
+    "open_input",
+    "read_activitynet",
+    "read_folder",
+    "read_msrvtt",
+]
+
+MSRVTT_CATEGORIES: tuple[str, ...] = (
+    "music", "people", "gaming", "sports/actions", "news/events/politics", "education",
+    "tv shows", "movie/comedy", "animation", "vehicles/autos", "howto", "travel",
+    "science/technology", "animals/pets", "kids/family", "documentary", "food/drink",
+    "cooking", "beauty/fashion", "advertisement",
+)  # fmt: skip
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+ARCHIVE_SEPARATOR = "::"  # "<archive.tar>::<member name>" addresses one member of an archive
+_ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+_LIST_SUFFIXES = (".txt", ".lst")
+_MSRVTT_SPLITS = {"train": "train", "validate": "val", "val": "val", "test": "test"}
+_TASKS = ("single_label", "multi_label")
+
+
+class ManifestError(ValueError):
+    """Bad dataset input; the message names the file and the entry at fault."""
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One listed video; ``path`` is None when its file was not found."""
+
+    video_id: str
+    path: str | None
+    split: str  # "train" | "val" | "test" | "unlabeled"
+    label: int | None
+    labels: tuple[int, ...] = ()  # every label of the video, for multi-label tasks
+    captions: tuple[str, ...] = ()
+    segments: tuple[tuple[float, float], ...] = ()  # (start, end) seconds per caption
+    duration: float | None = None
+
+
+def manifest_schema() -> pa.Schema:
+    """The Arrow schema of :meth:`Manifest.to_table`."""
+    return pa.schema(
+        [
+            ("video_id", pa.string()),
+            ("path", pa.string()),
+            ("split", pa.string()),
+            ("label", pa.int32()),
+            ("labels", pa.list_(pa.int32())),
+            ("captions", pa.list_(pa.string())),
+            ("segments", pa.list_(pa.list_(pa.float64()))),
+            ("duration", pa.float64()),
+        ]
+    )
+
+
+@dataclass
+class Manifest:
+    """Rows of one dataset plus what could not be matched (reported, never silently dropped)."""
+
+    name: str
+    task: str  # "single_label" | "multi_label"
+    class_names: list[str]
+    rows: list[ManifestRow]
+    missing: list[str] = field(default_factory=list)  # listed video ids with no file found
+    unknown: list[str] = field(default_factory=list)  # ids without ground truth (excluded)
+    skipped: int = 0  # non-video entries of a folder, list or archive
+
+    def found(self) -> list[ManifestRow]:
+        """Rows whose file exists."""
+        return [row for row in self.rows if row.path is not None]
+
+    def to_table(self) -> pa.Table:
+        """All rows as an Arrow table; name, task and class names travel in the metadata."""
+        columns = {
+            "video_id": [row.video_id for row in self.rows],
+            "path": [row.path for row in self.rows],
+            "split": [row.split for row in self.rows],
+            "label": [row.label for row in self.rows],
+            "labels": [list(row.labels) for row in self.rows],
+            "captions": [list(row.captions) for row in self.rows],
+            "segments": [[list(segment) for segment in row.segments] for row in self.rows],
+            "duration": [row.duration for row in self.rows],
+        }
+        metadata = {"name": self.name, "task": self.task, "class_names": self.class_names}
+        schema = manifest_schema().with_metadata({"manifest": json.dumps(metadata)})
+        return pa.table(columns, schema=schema)
+
+
+# ---------------------------------------------------------------- filesystems and inputs
+
+
+def _is_uri(location: str) -> bool:
+    return "://" in location
+
+
+def _resolve(location: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it; local paths become absolute."""
+    if _is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), os.path.abspath(location)
+
+
+def _join(root: str, relative: str) -> str:
+    """``root/relative`` for a local path or a URI (keeping any ``?query`` at the end)."""
+    if not _is_uri(root):
+        return os.path.join(os.path.abspath(root), relative)
+    base, separator, query = root.partition("?")
+    return f"{base.rstrip('/')}/{relative}{separator}{query}"
+
+
+def _list_files(root: str, *, recursive: bool) -> list[tuple[str, str]]:
+    """(relative path, location) of every file under ``root``: one listing, sorted."""
+    filesystem, base = _resolve(root)
+    selector = pafs.FileSelector(base, recursive=recursive)
+    try:
+        infos = filesystem.get_file_info(selector)
+    except (FileNotFoundError, NotADirectoryError, OSError) as error:
+        raise ManifestError(f"{root}: cannot list video directory: {error}") from error
+    base = base.rstrip("/")
+    relatives = sorted(
+        info.path[len(base) :].lstrip("/") for info in infos if info.type == pafs.FileType.File
+    )
+    return [(relative, _join(root, relative)) for relative in relatives]
+
+
+def _is_video(name: str) -> bool:
+    return name.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def find_videos(root: str) -> dict[str, str]:
+    """Map lower-cased video id to the path or URI of ``<root>/<video_id>.<ext>``.
+
+    Any video extension in any case matches; when one id has several files the one whose
+    extension comes first in :data:`VIDEO_EXTENSIONS` wins, so the choice is stable.
+    """
+    found: dict[str, tuple[int, str]] = {}
+    for relative, location in _list_files(str(root), recursive=False):
+        stem, extension = os.path.splitext(relative)
+        if extension.lower() not in VIDEO_EXTENSIONS:
+            continue
+        rank = VIDEO_EXTENSIONS.index(extension.lower())
+        key = stem.lower()
+        if key not in found or rank < found[key][0]:
+            found[key] = (rank, location)
+    return {key: location for key, (_, location) in found.items()}
+
+
+@contextlib.contextmanager
+def open_input(path: str) -> Iterator[BinaryIO]:
+    """Open a local path, a pyarrow-filesystem URI or an ``<archive.tar>::<member>`` for reading.
+
+    Archive members are read straight from the tar stream (never extracted to disk), so a
+    hostile member name cannot write anywhere; the member's file object is only valid inside
+    the ``with`` block and reads forwards.
+    """
+    path = str(path)
+    if ARCHIVE_SEPARATOR in path:
+        archive, _, member_name = path.partition(ARCHIVE_SEPARATOR)
+        with open_input(archive) as raw, tarfile.open(fileobj=raw, mode="r|*") as archive_file:
+            for member in archive_file:
+                if member.name != member_name:
+                    continue
+                member_file = archive_file.extractfile(member)
+                if member_file is None:
+                    raise ManifestError(f"{archive}: member {member_name!r} is not a file")
+                yield member_file
+                return
+        raise FileNotFoundError(f"{archive}: no member named {member_name!r}")
+    if _is_uri(path):
+        filesystem, inner = pafs.FileSystem.from_uri(path)
+        with filesystem.open_input_file(inner) as stream:
+            yield stream
+        return
+    with open(path, "rb") as stream:
+        yield stream
+
+
+# ------------------------------------------------------------------------ JSON helpers
+
+
+def _load_json(path: str | Path, what: str) -> Any:
+    try:
+        with open_input(str(path)) as stream:
+            return json.loads(stream.read())
+    except FileNotFoundError as error:
+        raise ManifestError(f"{path}: {what} not found") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ManifestError(f"{path}: malformed JSON in {what}: {error}") from error
+
+
+def _require(entry: Any, keys: Sequence[str], path: str | Path, where: str) -> None:
+    if not isinstance(entry, dict):
+        raise ManifestError(f"{path}: {where}: expected an object, got {type(entry).__name__}")
+    for key in keys:
+        if key not in entry:
+            raise ManifestError(f"{path}: {where}: missing key {key!r}")
+
+
+def _as_list(annotations: Sequence[str | Path] | str | Path) -> list[str | Path]:
+    return [annotations] if isinstance(annotations, (str, Path)) else list(annotations)
+
+
+def _lookup(found: dict[str, str], *video_ids: str) -> str | None:
+    for video_id in video_ids:
+        location = found.get(video_id.lower())
+        if location is not None:
+            return location
+    return None
+
+
+# ---------------------------------------------------------------------------- MSR-VTT
+
+
+def _msrvtt_video(entry: Any, path: str | Path, index: int) -> tuple[str, int, str, float | None]:
+    """(video_id, category, split, duration) of one ``videos[]`` entry, validated."""
+    _require(entry, ("video_id",), path, f"videos[{index}]")
+    where = f"videos[{index}] (video_id={entry['video_id']!r})"
+    _require(entry, ("category", "split"), path, where)
+    category = entry["category"]
+    if isinstance(category, bool) or not isinstance(category, int) or not 0 <= category < 20:
+        raise ManifestError(f"{path}: {where}: unknown category {category!r} (expected 0..19)")
+    split = _MSRVTT_SPLITS.get(str(entry["split"]).lower())
+    if split is None:
+        raise ManifestError(f"{path}: {where}: unknown split {entry['split']!r}")
+    duration = None
+    if "start time" in entry and "end time" in entry:
+        try:
+            duration = float(entry["end time"]) - float(entry["start time"])
+        except (TypeError, ValueError) as error:
+            raise ManifestError(f"{path}: {where}: bad start/end time: {error}") from error
+    return str(entry["video_id"]), category, split, duration
+
+
+def read_msrvtt(
+    annotations: Sequence[str | Path], videos: str, *, split_scheme: str = "official"
+) -> Manifest:
+    """Read MSR-VTT ``*_videodatainfo.json`` files (any number) and match ``<videos>/<id>.<ext>``.
+
+    ``split_scheme`` "official" keeps train/validate/test (6513/497/2990 on the real set);
+    "paper" merges validate into train (7010/2990), as the CRIF paper reports.
+    """
+    if split_scheme not in ("official", "paper"):
+        raise ValueError(f"split_scheme must be 'official' or 'paper', not {split_scheme!r}")
+    entries: dict[str, dict[str, Any]] = {}  # video_id -> fields, in file order
+    sentences: list[tuple[str | Path, int, Any]] = []
+    for path in _as_list(annotations):
+        document = _load_json(path, "MSR-VTT annotation file")
+        _require(document, ("videos",), path, "top level")
+        if not isinstance(document["videos"], list):
+            raise ManifestError(f"{path}: top level: 'videos' is not a list")
+        for index, entry in enumerate(document["videos"]):
+            video_id, category, split, duration = _msrvtt_video(entry, path, index)
+            if video_id in entries:
+                first = entries[video_id]["file"]
+                raise ManifestError(
+                    f"{path}: videos[{index}]: duplicate video_id {video_id!r} "
+                    f"(first listed in {first})"
+                )
+            if split_scheme == "paper" and split == "val":
+                split = "train"
+            entries[video_id] = dict(file=path, category=category, split=split, duration=duration)
+        sentences.extend((path, index, s) for index, s in enumerate(document.get("sentences", [])))
+    captions = _msrvtt_captions(sentences, entries)
+    found = find_videos(videos)
+    rows, missing = [], []
+    for video_id, fields in entries.items():
+        location = _lookup(found, video_id)
+        if location is None:
+            missing.append(video_id)
+        caption_list = tuple(text for _, _, text in sorted(captions.get(video_id, [])))
+        rows.append(
+            ManifestRow(
+                video_id=video_id,
+                path=location,
+                split=fields["split"],
+                label=fields["category"],
+                labels=(fields["category"],),
+                captions=caption_list,
+                duration=fields["duration"],
+            )
+        )
+    return Manifest("msrvtt", "single_label", list(MSRVTT_CATEGORIES), rows, missing)
+
+
+def _msrvtt_captions(
+    sentences: list[tuple[str | Path, int, Any]], entries: dict[str, dict[str, Any]]
+) -> dict[str, list[tuple[float, int, str]]]:
+    """video_id -> [(sen_id, position, caption)], sortable into sen_id order."""
+    captions: dict[str, list[tuple[float, int, str]]] = {}
+    for position, (path, index, sentence) in enumerate(sentences):
+        _require(sentence, ("video_id", "caption"), path, f"sentences[{index}]")
+        video_id = str(sentence["video_id"])
+        if video_id not in entries:
+            raise ManifestError(
+                f"{path}: sentences[{index}] (sen_id={sentence.get('sen_id')!r}): "
+                f"caption for unknown video_id {video_id!r}"
+            )
+        order = float(sentence.get("sen_id", position))
+        captions.setdefault(video_id, []).append((order, position, str(sentence["caption"])))
+    return captions
+
+
+# ------------------------------------------------------------------ ActivityNet Captions
+
+
+def _activitynet_split(path: str | Path) -> str:
+    stem = Path(str(path).split("?")[0]).name.lower().removesuffix(".json")
+    for suffix, split in (("val_1", "val"), ("val_2", "test"), ("train", "train")):
+        if stem.endswith(suffix):
+            return split
+    raise ManifestError(f"{path}: cannot tell the split (expected train, val_1 or val_2 .json)")
+
+
+def _read_ground_truth(path: str | Path) -> tuple[dict[str, Any], list[str]]:
+    """(database, class names = sorted taxonomy leaves) of ``activity_net.v1-3.min.json``."""
+    document = _load_json(path, "ActivityNet ground truth")
+    _require(document, ("database", "taxonomy"), path, "top level")
+    database, taxonomy = document["database"], document["taxonomy"]
+    if not isinstance(database, dict) or not isinstance(taxonomy, list):
+        raise ManifestError(f"{path}: top level: 'database' must be an object, 'taxonomy' a list")
+    for index, node in enumerate(taxonomy):
+        _require(node, ("nodeName", "parentName"), path, f"taxonomy[{index}]")
+    parents = {node["parentName"] for node in taxonomy}
+    leaves = sorted({node["nodeName"] for node in taxonomy} - parents)
+    return database, leaves
+
+
+def _activitynet_labels(
+    video_id: str, record: Any, class_index: dict[str, int], path: str | Path
+) -> tuple[int | None, tuple[int, ...]]:
+    """(majority label, sorted unique labels); ties go to the first label annotated."""
+    where = f"database[{video_id!r}]"
+    _require(record, ("annotations",), path, where)
+    names = []
+    for index, annotation in enumerate(record["annotations"]):
+        _require(annotation, ("label",), path, f"{where}.annotations[{index}]")
+        if annotation["label"] not in class_index:
+            raise ManifestError(
+                f"{path}: {where}.annotations[{index}]: label {annotation['label']!r} "
+                "is not a taxonomy leaf"
+            )
+        names.append(annotation["label"])
+    if not names:
+        return None, ()
+    counts = Counter(names)  # Counter keeps first-seen order, and max() returns the first
+    majority = max(counts, key=counts.__getitem__)
+    return class_index[majority], tuple(sorted({class_index[name] for name in names}))
+
+
+def _activitynet_entry(video_key: str, entry: Any, path: str | Path) -> tuple:
+    """(captions, segments, duration) of one caption-file entry, validated."""
+    where = f"entry {video_key!r}"
+    _require(entry, ("duration", "timestamps", "sentences"), path, where)
+    timestamps, sentences = entry["timestamps"], entry["sentences"]
+    if not isinstance(timestamps, list) or not isinstance(sentences, list):
+        raise ManifestError(f"{path}: {where}: 'timestamps' and 'sentences' must be lists")
+    if len(timestamps) != len(sentences):
+        raise ManifestError(f"{path}: {where}: {len(timestamps)} timestamps for {len(sentences)}")
+    try:
+        segments = tuple((float(start), float(end)) for start, end in timestamps)
+        duration = float(entry["duration"])
+    except (TypeError, ValueError) as error:
+        raise ManifestError(f"{path}: {where}: bad timestamps or duration: {error}") from error
+    return tuple(str(sentence).strip() for sentence in sentences), segments, duration
+
+
+def _activitynet_entries(annotations: Sequence[str | Path]) -> Iterator[tuple[str, tuple]]:
+    """(video key, (split, captions, segments, duration)) over all caption files, val_1 first."""
+    order = {"train": 0, "val": 1, "test": 2}  # val_1 is read before val_2 whatever the order
+    files = sorted(_as_list(annotations), key=lambda path: order[_activitynet_split(path)])
+    seen: dict[str, tuple[str | Path, str]] = {}
+    for path in files:
+        split = _activitynet_split(path)
+        document = _load_json(path, "ActivityNet Captions file")
+        if not isinstance(document, dict):
+            raise ManifestError(f"{path}: top level: expected an object of videos")
+        for video_key, entry in document.items():
+            fields = _activitynet_entry(video_key, entry, path)
+            if video_key in seen:
+                first_file, first_split = seen[video_key]
+                if {first_split, split} == {"val", "test"}:
+                    continue  # in val_1 and val_2: the val_1 assignment wins
+                raise ManifestError(
+                    f"{path}: entry {video_key!r}: duplicate video_id (first in {first_file})"
+                )
+            seen[video_key] = (path, split)
+            yield video_key, (split, *fields)
+
+
+def read_activitynet(
+    annotations: Sequence[str | Path],
+    videos: str,
+    *,
+    ground_truth: str | Path,
+    task: str = "single_label",
+) -> Manifest:
+    """Read ActivityNet Captions files, labelled by joining the ActivityNet v1.3 ground truth.
+
+    ``train.json`` -> train, ``val_1.json`` -> val, ``val_2.json`` -> test; a video in both
+    val files keeps its val_1 entry. Ids absent from the ground truth (or without annotations)
+    are excluded from the rows but listed in ``Manifest.unknown`` with a warning.
+    """
+    if task not in _TASKS:
+        raise ValueError(f"task must be one of {_TASKS}, not {task!r}")
+    database, class_names = _read_ground_truth(ground_truth)
+    class_index = {name: index for index, name in enumerate(class_names)}
+    found = find_videos(videos)
+    rows, missing, unknown = [], [], []
+    for video_key, (split, captions, segments, duration) in _activitynet_entries(annotations):
+        bare_id = video_key.removeprefix("v_")
+        record = database.get(bare_id)
+        label, labels = (None, ())
+        if record is not None:
+            label, labels = _activitynet_labels(bare_id, record, class_index, ground_truth)
+        if label is None:
+            unknown.append(video_key)
+            continue
+        location = _lookup(found, video_key, bare_id)
+        if location is None:
+            missing.append(video_key)
+        row = ManifestRow(video_key, location, split, label, labels, captions, segments, duration)
+        rows.append(row)
+    if unknown:
+        warnings.warn(
+            f"{len(unknown)} ActivityNet video(s) have no labels in {ground_truth} and were "
+            f"excluded: {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}",
+            stacklevel=2,
+        )
+    return Manifest("activitynet", task, class_names, rows, missing, unknown)
+
+
+# ---------------------------------------------------------------- folders, lists, archives
+
+
+def _video_id_from_name(name: str) -> str:
+    """The id of a video named by a file or archive member: its sanitised stem, never a path."""
+    base = PurePosixPath(name.replace("\\", "/")).name
+    stem = base[: -len(os.path.splitext(base)[1]) or None]
+    return re.sub(r"[^\w.\-]+", "_", stem).strip(".") or "video"
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Shell-style glob as a regex on '/'-separated paths: ``*``, ``?``, ``[..]``, ``**``."""
+    pieces = []
+    for piece in re.split(r"(\*\*/?|\*|\?|\[[^\]/]+\])", pattern):
+        if piece in ("**/", "**"):
+            pieces.append("(?:.*/)?" if piece == "**/" else ".*")
+        elif piece in ("*", "?"):
+            pieces.append("[^/]*" if piece == "*" else "[^/]")
+        elif piece.startswith("[") and piece.endswith("]"):
+            inner = piece[1:-1]
+            pieces.append("[" + ("^" + inner[1:] if inner.startswith("!") else inner) + "]")
+        else:
+            pieces.append(re.escape(piece))
+    return re.compile("".join(pieces))
+
+
+def _glob_files(pattern: str) -> list[str]:
+    """Locations matching a glob: one listing of the directory above the first wildcard."""
+    first = min(index for index, char in enumerate(pattern) if char in "*?[")
+    cut = pattern.rfind("/", 0, first)
+    root, rest = (pattern[:cut] or "/", pattern[cut + 1 :]) if cut >= 0 else (".", pattern)
+    regex = _glob_regex(rest)
+    listing = _list_files(root, recursive="/" in rest or "**" in rest)
+    return [location for relative, location in listing if regex.fullmatch(relative)]
+
+
+def _list_file_entries(source: str) -> list[tuple[str, bool]]:
+    """(location, exists) per line of a path list; local entries are checked, URIs trusted."""
+    with open_input(source) as stream:
+        lines = stream.read().decode("utf-8").splitlines()
+    directory = "" if _is_uri(source) else os.path.dirname(os.path.abspath(source))
+    entries = []
+    for line in (line.strip() for line in lines):
+        if not line or line.startswith("#"):
+            continue
+        if _is_uri(line) or ARCHIVE_SEPARATOR in line:
+            entries.append((line, True))
+        else:
+            location = os.path.join(directory, line) if directory else line
+            entries.append((os.path.abspath(location), os.path.isfile(location)))
+    return entries
+
+
+def _archive_entries(source: str) -> tuple[list[str], int]:
+    """``<archive>::<member>`` of each video member, read in streaming mode; skipped count."""
+    archive = source if _is_uri(source) else os.path.abspath(source)
+    locations, skipped = [], 0
+    try:
+        with open_input(source) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+            for member in tar:
+                if member.isdir():
+                    continue
+                if member.isfile() and _is_video(member.name):
+                    locations.append(f"{archive}{ARCHIVE_SEPARATOR}{member.name}")
+                else:
+                    skipped += 1
+    except FileNotFoundError as error:
+        raise ManifestError(f"{source}: archive not found") from error
+    except tarfile.TarError as error:
+        raise ManifestError(f"{source}: not a readable tar archive: {error}") from error
+    return locations, skipped
+
+
+def _folder_entries(source: str) -> list[tuple[str, bool]]:
+    """(location, exists) of every entry of a directory, glob, list file or single video."""
+    path_part = source.split("?")[0] if _is_uri(source) else source
+    if any(char in path_part for char in "*[") or (not _is_uri(source) and "?" in source):
+        return [(location, True) for location in _glob_files(path_part)]
+    if path_part.lower().endswith(_LIST_SUFFIXES):
+        try:
+            return _list_file_entries(source)
+        except FileNotFoundError as error:
+            raise ManifestError(f"{source}: list file not found") from error
+    filesystem, inner = _resolve(source)
+    info = filesystem.get_file_info(inner)
+    if info.type == pafs.FileType.Directory:
+        return [(location, True) for _, location in _list_files(source, recursive=True)]
+    if info.type == pafs.FileType.File:
+        return [(source if _is_uri(source) else os.path.abspath(source), True)]
+    raise ManifestError(f"{source}: no such directory, glob, list file, archive or video")
+
+
+def read_folder(source: str) -> Manifest:
+    """Unlabeled rows for scoring: a directory tree, glob, ``.txt``/``.lst`` list or ``.tar``.
+
+    Only video files (by extension, any case) become rows; other entries are counted in
+    ``Manifest.skipped``. The video id is the file stem; archive members are listed from the
+    tar stream and never extracted, and their ids are sanitised stems, never paths. Repeated
+    stems get ``-2``, ``-3``... suffixes (with a warning) so ids stay unique.
+    """
+    source = str(source)
+    if source.split("?")[0].lower().endswith(_ARCHIVE_SUFFIXES):
+        locations, skipped = _archive_entries(source)
+        entries = [(location, True) for location in locations]
+    else:
+        everything = _folder_entries(source)
+        entries = [(location, exists) for location, exists in everything if _is_video(location)]
+        skipped = len(everything) - len(entries)
+    rows, missing, used, renamed = [], [], set(), 0
+    for location, exists in entries:
+        name = (
+            location.rpartition(ARCHIVE_SEPARATOR)[2] if ARCHIVE_SEPARATOR in location else location
+        )
+        video_id = base_id = _video_id_from_name(name.split("?")[0])
+        suffix = 1
+        while video_id in used:
+            suffix += 1
+            video_id = f"{base_id}-{suffix}"
+        renamed += suffix > 1
+        used.add(video_id)
+        if not exists:
+            missing.append(video_id)
+        rows.append(ManifestRow(video_id, location if exists else None, "unlabeled", None))
+    if renamed:
+        warnings.warn(f"{source}: {renamed} repeated video name(s) got -N suffixes", stacklevel=2)
+    name = PurePosixPath(source.split("?")[0].rstrip("/")).name or source
+    return Manifest(name, "single_label", [], rows, missing, skipped=skipped)

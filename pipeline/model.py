@@ -1,0 +1,416 @@
+"""CRIF: cross-modal inference and fusion for video classification, in plain torch (no Ray).
+
+    config = CRIFConfig(num_classes=20, visual_dim=1024, semantic_dim=384)
+    model = build_model(config)
+    output = model(visual, visual_mask, semantic, semantic_mask)  # training: every branch
+    terms = crif_losses(output, labels, config, LossWeights())     # pipeline.losses
+    logits = model.predict(visual, visual_mask)                    # inference: video only
+
+Information flow (paper section III, eqs. 1-3, 6-9, 14, 16):
+
+    visual    x = backbone_v(V)  x_a = E_x^s(x)  x_c = Clip_x(x_a)  t_r = D_t^r(E_t^r(x_a))
+    semantic  t = backbone_t(T)  t_a = E_t^s(t)  t_c = Clip_t(t_a)  (training only)
+    fused     F_mix = tau(tau(x_c) (+) tau(t_r))                    (+) in FUSIONS
+
+The semantic modality is privileged information: the visual path never reads it, so
+``predict`` needs only the video. Ablations (paper Tables III and IV) build these branches:
+
+    baseline   visual path only, logits from x_c            losses: L_class
+    align      + semantic branch (L_sim, L_align)           logits from x_c
+    inference  + semantic inference t_r with L_recon        logits from x_c
+    fusion     align + fusion of x_c and t_r (t_r trained by L_mix only, no L_recon; Table IV)
+    full       everything (the paper's CRIF), logits from the fusion head
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+__all__ = [
+    "ABLATIONS",
+    "ALIGN_FUNCTIONS",
+    "ALIGN_TARGETS",
+    "BACKBONES",
+    "CRIF",
+    "CRIFConfig",
+    "CRIFOutput",
+    "FUSIONS",
+    "GRUBackbone",
+    "SequenceBackbone",
+    "TASKS",
+    "ViltBackbone",
+    "ablation_branches",
+    "build_backbone",
+    "build_model",
+    "training_stages",
+]
+
+ABLATIONS = ("baseline", "align", "inference", "fusion", "full")
+FUSIONS = ("concat", "plus", "mult", "max", "min")
+BACKBONES = ("gru", "vilt")
+TASKS = ("single_label", "multi_label")
+ALIGN_FUNCTIONS = ("coral", "l2", "kl", "ssan")  # implemented in pipeline.losses
+ALIGN_TARGETS = ("clip", "whole")
+
+# Which optional branches each ablation builds (and so which loss terms it has).
+_BRANCHES = {
+    "baseline": frozenset(),
+    "align": frozenset({"semantic"}),
+    "inference": frozenset({"semantic", "inference", "recon"}),
+    "fusion": frozenset({"semantic", "inference", "fusion"}),
+    "full": frozenset({"semantic", "inference", "recon", "fusion"}),
+}
+# [CLS] in the BERT uncased vocabulary that ViLT's tokenizer uses; the random ViLT gets a
+# vocabulary just large enough to hold it, so one id serves both.
+VILT_CLS_TOKEN_ID = 101
+
+
+def ablation_branches(ablation: str) -> frozenset[str]:
+    """The optional branches of an ablation: subset of {semantic, inference, recon, fusion}."""
+    if ablation not in _BRANCHES:
+        raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
+    return _BRANCHES[ablation]
+
+
+@dataclass(frozen=True)
+class CRIFConfig:
+    num_classes: int
+    visual_dim: int = 1024
+    semantic_dim: int = 384  # 0 only for ablation "baseline" (no semantic branch)
+    task: str = "single_label"  # or "multi_label"
+    backbone: str = "gru"
+    hidden_dim: int = 256  # backbone output width (x, t, t_r)
+    shared_dim: int = 256  # distributional alignment space (x_a, t_a); also the fusion width
+    rho: int = 128  # width of the key part x_c, t_c
+    fusion: str = "concat"
+    ablation: str = "full"
+    align_fn: str = "coral"
+    align_target: str = "clip"  # "clip": align x_c/t_c (CRIF); "whole": x_a/t_a (Table V "Align")
+    detach_semantic: bool = True  # the semantic side is the teacher in alignment terms
+    dropout: float = 0.1
+    context_gating: bool = False  # GRU option
+    vilt_layers: int = 2
+    vilt_heads: int = 4
+    vilt_hidden: int = 128
+    vilt_intermediate: int = 256
+    max_positions: int = 512  # temporal position embeddings for ViLT
+    vilt_pretrained: str | None = None  # local from_pretrained directory; sets the ViLT size
+
+    def __post_init__(self) -> None:
+        choices = {
+            "task": TASKS,
+            "backbone": BACKBONES,
+            "fusion": FUSIONS,
+            "ablation": ABLATIONS,
+            "align_fn": ALIGN_FUNCTIONS,
+            "align_target": ALIGN_TARGETS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("num_classes", "visual_dim", "hidden_dim", "shared_dim", "rho"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.semantic_dim < 0 or (self.semantic_dim == 0 and self.ablation != "baseline"):
+            raise ValueError(f"ablation {self.ablation!r} needs semantic_dim >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.vilt_pretrained is None and self.vilt_hidden % self.vilt_heads:
+            raise ValueError("vilt_hidden must be divisible by vilt_heads")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CRIFConfig:
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown CRIFConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class CRIFOutput:
+    """Tensors (B, ...); None where the ablation or a missing semantic input has no branch."""
+
+    logits: Tensor  # (B, C) inference prediction: fused head if built, else the x_c head
+    logits_visual: Tensor  # (B, C) classifier on x_c (L_class)
+    x_a: Tensor  # (B, shared_dim)
+    x_c: Tensor  # (B, rho)
+    t_r: Tensor | None = None  # (B, hidden_dim) semantic feature inferred from the video
+    logits_recon: Tensor | None = None  # (B, C) classifier on t_r (L_recon)
+    logits_fused: Tensor | None = None  # (B, C) classifier on F_mix (L_mix)
+    t_a: Tensor | None = None  # (B, shared_dim)
+    t_c: Tensor | None = None  # (B, rho)
+    t: Tensor | None = None  # (B, hidden_dim) semantic backbone vector, target of t_r
+    logits_semantic: Tensor | None = None  # (B, C) classifier on t_c (train-time only)
+
+
+# ----------------------------------------------------------------------------- backbones
+
+
+class SequenceBackbone(nn.Module):
+    """Maps a padded sequence (B, T, D) and its mask (B, T) bool (True = valid) to (B, hidden)."""
+
+    def forward(self, sequence: Tensor, mask: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class GRUBackbone(SequenceBackbone):
+    """GRU over the valid prefix of each sequence; its last hidden state, optionally gated.
+
+    Masks must be left-aligned (valid steps first). An all-padding row gives a zero vector.
+    Context gating (Miech et al., "Learnable pooling with context gating"):
+    y = h * sigmoid(W h + b).
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int, *, context_gating: bool = False):
+        super().__init__()
+        self.gru = nn.GRU(input_dim, hidden_dim, batch_first=True)
+        self.gate = nn.Linear(hidden_dim, hidden_dim) if context_gating else None
+
+    def forward(self, sequence: Tensor, mask: Tensor) -> Tensor:
+        mask = mask.bool()
+        lengths = mask.sum(dim=1)  # (B,)
+        steps = torch.arange(mask.shape[1], device=mask.device)
+        if not torch.equal(mask, steps[None, :] < lengths[:, None]):
+            raise ValueError("GRU backbone needs left-aligned masks (valid steps first)")
+        packed = pack_padded_sequence(
+            sequence, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+        )
+        _, last = self.gru(packed)  # (1, B, H), in the original batch order
+        hidden = last[-1] * (lengths > 0).unsqueeze(1).to(last.dtype)  # (B, H)
+        if self.gate is not None:
+            hidden = hidden * torch.sigmoid(self.gate(hidden))
+        return hidden
+
+
+class ViltBackbone(SequenceBackbone):
+    """ViLT-style single-stream transformer (transformers' ViltModel) over a feature sequence.
+
+    The sequence is projected to ViLT's width, given learned temporal position embeddings
+    (ViltModel adds none to ``image_embeds``; it adds only its image modality-type embedding)
+    and passed as ``image_embeds`` with ``pixel_mask`` (B, T); the text side is one [CLS] token.
+    The pooled [CLS] output is projected to ``hidden_dim``. ViLT's own patch projection and
+    image position/cls parameters are unused with ``image_embeds`` and are frozen, so DDP
+    needs no ``find_unused_parameters``.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int, config: CRIFConfig):
+        super().__init__()
+        self.vilt = _build_vilt(config)
+        width = self.vilt.config.hidden_size
+        self.projection = nn.Linear(input_dim, width)
+        self.positions = nn.Parameter(torch.randn(1, config.max_positions, width) * 0.02)
+        self.output = nn.Linear(width, hidden_dim)
+        embeddings = self.vilt.embeddings
+        unused = [embeddings.cls_token, embeddings.position_embeddings]
+        for parameter in [*unused, *embeddings.patch_embeddings.parameters()]:
+            parameter.requires_grad_(False)
+        self.register_buffer("cls_ids", torch.tensor([[VILT_CLS_TOKEN_ID]]), persistent=False)
+
+    def forward(self, sequence: Tensor, mask: Tensor) -> Tensor:
+        batch, steps, _ = sequence.shape
+        if steps > self.positions.shape[1]:
+            raise ValueError(f"sequence of {steps} steps exceeds max_positions")
+        tokens = self.projection(sequence) + self.positions[:, :steps]  # (B, T, W)
+        ids = self.cls_ids.expand(batch, 1)  # (B, 1)
+        out = self.vilt(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            image_embeds=tokens,
+            pixel_mask=mask.long(),  # (B, T): ViltEmbeddings flattens it into the image mask
+        )
+        return self.output(out.pooler_output)  # (B, W) -> (B, H)
+
+
+def _build_vilt(config: CRIFConfig) -> nn.Module:
+    from transformers import ViltConfig, ViltModel  # deferred: heavy import, ViLT only
+
+    if config.vilt_pretrained is not None:
+        if not Path(config.vilt_pretrained).is_dir():
+            raise FileNotFoundError(
+                f"vilt_pretrained directory not found: {config.vilt_pretrained}"
+            )
+        return ViltModel.from_pretrained(config.vilt_pretrained)
+    vilt_config = ViltConfig(
+        vocab_size=VILT_CLS_TOKEN_ID + 1,
+        max_position_embeddings=1,  # one text token
+        hidden_size=config.vilt_hidden,
+        num_hidden_layers=config.vilt_layers,
+        num_attention_heads=config.vilt_heads,
+        intermediate_size=config.vilt_intermediate,
+        hidden_dropout_prob=config.dropout,
+        attention_probs_dropout_prob=config.dropout,
+        image_size=1,  # the patch projection is unused (image_embeds); keep it tiny
+        patch_size=1,
+        num_channels=1,
+    )
+    return ViltModel(vilt_config)
+
+
+def build_backbone(kind: str, input_dim: int, config: CRIFConfig) -> SequenceBackbone:
+    if kind == "gru":
+        return GRUBackbone(input_dim, config.hidden_dim, context_gating=config.context_gating)
+    if kind == "vilt":
+        return ViltBackbone(input_dim, config.hidden_dim, config)
+    raise ValueError(f"backbone must be one of {BACKBONES}, got {kind!r}")
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+def _tau(in_dim: int, out_dim: int) -> nn.Module:
+    """The paper's tau: a fully connected layer followed by ReLU."""
+    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU())
+
+
+def _shared_encoder(in_dim: int, out_dim: int) -> nn.Module:
+    """E^s: linear map into the shared space, then LayerNorm without affine parameters.
+
+    The two backbones have unrelated scales; normalising both sides makes ||x_a - t_a||_2 a
+    scale-free ("normalized") distance and stops L_sim from shrinking the space to zero.
+    """
+    return nn.Sequential(
+        nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim, elementwise_affine=False)
+    )
+
+
+def _classifier(in_dim: int, num_classes: int, dropout: float) -> nn.Module:
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, num_classes))
+
+
+_FUSION_OPERATORS = {
+    "concat": lambda a, b: torch.cat((a, b), dim=-1),
+    "plus": torch.add,
+    "mult": torch.mul,
+    "max": torch.maximum,
+    "min": torch.minimum,
+}
+
+
+class Fusion(nn.Module):
+    """F_mix = tau(tau(x_c) (+) tau(t_r)), (+) = concat (eq. 16) or an elementwise operator."""
+
+    def __init__(self, visual_dim: int, inferred_dim: int, width: int, operator: str):
+        super().__init__()
+        self.operator = operator
+        self.visual = _tau(visual_dim, width)
+        self.inferred = _tau(inferred_dim, width)
+        self.mix = _tau(2 * width if operator == "concat" else width, width)
+
+    def forward(self, x_c: Tensor, t_r: Tensor) -> Tensor:
+        combined = _FUSION_OPERATORS[self.operator](self.visual(x_c), self.inferred(t_r))
+        return self.mix(combined)  # (B, width)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class CRIF(nn.Module):
+    def __init__(self, config: CRIFConfig):
+        super().__init__()
+        self.config = c = config
+        branches = ablation_branches(c.ablation)
+        self.visual_backbone = build_backbone(c.backbone, c.visual_dim, c)
+        self.visual_shared = _shared_encoder(c.hidden_dim, c.shared_dim)  # E_x^s
+        self.visual_clip = _tau(c.shared_dim, c.rho)  # E_x^c: Clip(x_a, rho), the key part
+        self.visual_head = _classifier(c.rho, c.num_classes, c.dropout)
+        self.semantic_backbone = self.semantic_shared = None
+        self.semantic_clip = self.semantic_head = None
+        if "semantic" in branches:  # its own backbone instance: never shared with the video
+            self.semantic_backbone = build_backbone(c.backbone, c.semantic_dim, c)
+            self.semantic_shared = _shared_encoder(c.hidden_dim, c.shared_dim)  # E_t^s
+            self.semantic_clip = _tau(c.shared_dim, c.rho)  # E_t^c
+            self.semantic_head = _classifier(c.rho, c.num_classes, c.dropout)
+        self.inference_encoder = self.inference_decoder = self.recon_head = None
+        if "inference" in branches:  # x_a -> E_t^r -> D_t^r -> t_r in the semantic backbone space
+            self.inference_encoder = _tau(c.shared_dim, c.shared_dim)
+            self.inference_decoder = nn.Linear(c.shared_dim, c.hidden_dim)
+        if "recon" in branches:
+            self.recon_head = _classifier(c.hidden_dim, c.num_classes, c.dropout)
+        self.fusion = self.fused_head = None
+        if "fusion" in branches:
+            self.fusion = Fusion(c.rho, c.hidden_dim, c.shared_dim, c.fusion)
+            self.fused_head = _classifier(c.shared_dim, c.num_classes, c.dropout)
+
+    def forward(
+        self,
+        visual: Tensor,
+        visual_mask: Tensor,
+        semantic: Tensor | None = None,
+        semantic_mask: Tensor | None = None,
+    ) -> CRIFOutput:
+        output = self._visual_path(visual, visual_mask)
+        if semantic is None or self.semantic_backbone is None:
+            return output
+        if semantic_mask is None:
+            raise ValueError("semantic_mask is required with a semantic input")
+        t = self.semantic_backbone(semantic, semantic_mask)  # (B, H)
+        t_a = self.semantic_shared(t)  # (B, S)
+        t_c = self.semantic_clip(t_a)  # (B, rho)
+        logits_semantic = self.semantic_head(t_c)  # (B, C)
+        return dataclasses.replace(output, t=t, t_a=t_a, t_c=t_c, logits_semantic=logits_semantic)
+
+    def _visual_path(self, visual: Tensor, visual_mask: Tensor) -> CRIFOutput:
+        x = self.visual_backbone(visual, visual_mask)  # (B, H)
+        x_a = self.visual_shared(x)  # (B, S)
+        x_c = self.visual_clip(x_a)  # (B, rho)
+        logits_visual = self.visual_head(x_c)  # (B, C)
+        t_r = logits_recon = logits_fused = None
+        if self.inference_encoder is not None:
+            t_r = self.inference_decoder(self.inference_encoder(x_a))  # (B, H)
+        if self.recon_head is not None:
+            logits_recon = self.recon_head(t_r)  # (B, C)
+        if self.fusion is not None:
+            logits_fused = self.fused_head(self.fusion(x_c, t_r))  # (B, C)
+        logits = logits_fused if logits_fused is not None else logits_visual
+        return CRIFOutput(logits, logits_visual, x_a, x_c, t_r, logits_recon, logits_fused)
+
+    def predict(self, visual: Tensor, visual_mask: Tensor) -> Tensor:
+        """Logits (B, C) from the video alone. Set eval() / no_grad() as the caller needs."""
+        return self._visual_path(visual, visual_mask).logits
+
+    def stage_parameters(self, stage: int) -> list[nn.Parameter]:
+        """Trainable parameters a multistage run introduces at ``stage`` (a partition over stages).
+
+        1: both backbones, E^s, Clip and the visual and semantic classifiers (L_1);
+        2: E_t^r, D_t^r and the recon classifier (L_2);  3: the fusion taus and fused classifier
+        (L_mix). Under ablation "fusion" (no L_recon) E_t^r and D_t^r move to stage 3, the first
+        loss that trains them. L_align (stage 2) reaches only stage-1 modules, so it acts only
+        if the trainer keeps earlier stages trainable.
+        """
+        inference = [self.inference_encoder, self.inference_decoder]
+        groups = {
+            1: [self.visual_backbone, self.visual_shared, self.visual_clip, self.visual_head]
+            + [
+                self.semantic_backbone,
+                self.semantic_shared,
+                self.semantic_clip,
+                self.semantic_head,
+            ],
+            2: [*inference, self.recon_head] if self.recon_head is not None else [],
+            3: [self.fusion, self.fused_head] + (inference if self.recon_head is None else []),
+        }
+        if stage not in groups:
+            raise ValueError(f"stage must be 1, 2 or 3, got {stage!r}")
+        modules = [module for module in groups[stage] if module is not None]
+        return [p for module in modules for p in module.parameters() if p.requires_grad]
+
+
+def training_stages(config: CRIFConfig) -> tuple[int, ...]:
+    """The multistage stages whose loss has terms under the ablation (1; 2 with a semantic
+    branch: L_align and/or L_recon; 3 with fusion). A stage may own no parameters (see
+    ``CRIF.stage_parameters``): "align" has stage 2 (L_align) but trains stage-1 modules."""
+    branches = ablation_branches(config.ablation)
+    return (1,) + ((2,) if "semantic" in branches else ()) + ((3,) if "fusion" in branches else ())
+
+
+def build_model(config: CRIFConfig) -> CRIF:
+    return CRIF(config)

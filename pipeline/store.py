@@ -2,10 +2,10 @@
 
 Layout of a store directory::
 
-    dataset.json            name, task, class_names, modalities {name: {dim, extractor, weights, config}}
-    shard-00000.parquet     rows: video_id, split, label | labels, visual, text, audio (+ extra columns)
-    _failures/*.parquet     video_id, path, stage, error
-    _parts/...              staging area of the extraction job (ignored by readers)
+    dataset.json         name, task, class_names, modalities {name: {dim, extractor, ...}}
+    shard-00000.parquet  video_id, split, label | labels, visual, text, audio (+ extra columns)
+    _failures/*.parquet  video_id, path, stage, error
+    _parts/...           staging area of the extraction job (ignored by readers)
 
 Readers accept any number of ``*.parquet`` files in any row order and skip every
 directory whose name starts with ``_`` or ``.``. Every file is written atomically:
@@ -167,7 +167,9 @@ def _check_metadata(metadata: dict[str, Any], where: Path) -> None:
                 raise StoreError(f"{where}: modality {name!r} lacks {key!r}")
         expected = MODALITY_DIMS.get(name)
         if expected is not None and int(info["dim"]) != expected:
-            raise StoreError(f"{where}: modality {name!r} has dim {info['dim']}, expected {expected}")
+            raise StoreError(
+                f"{where}: modality {name!r} has dim {info['dim']}, expected {expected}"
+            )
 
 
 # ---------------------------------------------------------------------------- reading

@@ -32,7 +32,9 @@ def _rows(count, task="single_label", start=0):
             "video_id": f"video{index}",
             "split": ("train", "val", "test")[index % 3],
             "visual": rng.standard_normal((1 + index % 3, 1024)).astype(np.float32).tolist(),
-            "text": rng.standard_normal((2, 384)).astype(np.float32).tolist() if index % 2 else None,
+            "text": rng.standard_normal((2, 384)).astype(np.float32).tolist()
+            if index % 2
+            else None,
             "audio": None,
         }
         if task == "single_label":
@@ -83,7 +85,9 @@ def test_readers_select_parquet_by_extension_and_skip_private_dirs(tmp_path):
     (tmp_path / "_parts").mkdir()
     pq.write_table(pa.table({"x": [1]}), tmp_path / "_parts" / "stray.parquet")
     pq.write_table(pa.table({"x": [1]}), tmp_path / ".hidden.parquet")
-    store.write_failures(tmp_path, [{"video_id": "v", "path": "p", "stage": "decode", "error": "e"}], "t")
+    store.write_failures(
+        tmp_path, [{"video_id": "v", "path": "p", "stage": "decode", "error": "e"}], "t"
+    )
     files = store.list_parquet_files(tmp_path)
     assert [f.rsplit("/", 1)[-1] for f in files] == ["part-0.parquet", "part-1.parquet"]
     store.validate_store(tmp_path)
@@ -94,15 +98,20 @@ def test_nested_files_from_other_writers_are_accepted(tmp_path):
     store.write_dataset_json(tmp_path, _metadata())
     nested = tmp_path / "split=train"
     nested.mkdir()
-    pq.write_table(pa.Table.from_pylist(_rows(3), schema=store.store_schema("single_label")),
-                   nested / "data.parquet")
+    pq.write_table(
+        pa.Table.from_pylist(_rows(3), schema=store.store_schema("single_label")),
+        nested / "data.parquet",
+    )
     assert store.read_store(tmp_path).num_rows == 3
 
 
 @pytest.mark.parametrize(
     "corrupt, message",
     [
-        (lambda rows: rows.__setitem__(1, {**rows[1], "video_id": rows[0]["video_id"]}), "duplicate"),
+        (
+            lambda rows: rows.__setitem__(1, {**rows[1], "video_id": rows[0]["video_id"]}),
+            "duplicate",
+        ),
         (lambda rows: rows.__setitem__(0, {**rows[0], "split": "validate"}), "split"),
         (lambda rows: rows.__setitem__(0, {**rows[0], "label": 7}), "out of range"),
         (lambda rows: rows.__setitem__(0, {**rows[0], "visual": [[0.0] * 10]}), "dim"),
@@ -112,8 +121,10 @@ def test_contract_violations_are_reported(tmp_path, corrupt, message):
     store.write_dataset_json(tmp_path, _metadata())
     rows = _rows(4)
     corrupt(rows)
-    pq.write_table(pa.Table.from_pylist(rows, schema=store.store_schema("single_label")),
-                   tmp_path / "x.parquet")
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=store.store_schema("single_label")),
+        tmp_path / "x.parquet",
+    )
     with pytest.raises(store.StoreError, match=message):
         store.validate_store(tmp_path)
 

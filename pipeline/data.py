@@ -1,0 +1,270 @@
+"""Feeding a feature store to Ray Train: split selection, padding and masks.
+
+Any store that follows the contract of DESIGN.md works: any number of ``*.parquet`` files
+(found by :func:`pipeline.store.list_parquet_files`), any row order, extra columns, files
+that lack the semantic column altogether, and null cells.
+
+- ``inspect_store`` reads ``dataset.json`` and only the ``split`` column of every file
+  (cheap), so the job knows the split sizes before Ray Data runs anything.
+- ``build_datasets`` returns one Ray Dataset per split ("train", "val", "test"). When the
+  store has no ``val`` rows, a deterministic 10% of ``train`` (by a CRC32 of ``video_id``,
+  independent of file layout and row order) becomes ``val``; ``StoreSplits.holdout`` says so.
+- ``PaddedBatchCollate`` turns an Arrow batch into padded tensors and boolean masks:
+  ``visual`` (B, T, D) + ``visual_mask`` (B, T), ``semantic`` (B, N, D_s) + ``semantic_mask``
+  (B, N), ``labels`` (B,) int64 or (B, C) multi-hot float32. A null semantic cell becomes an
+  all-False mask row, so the semantic loss terms can leave that row out.
+
+Rows without visual features or without a label can neither train nor be scored; they are
+dropped here, and the training loop records how many rows each split really had.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from ray.data.collate_fn import ArrowBatchCollateFn
+
+from pipeline.store import StoreError, list_parquet_files, read_dataset_json
+
+__all__ = [
+    "HOLDOUT_BUCKETS",
+    "PaddedBatchCollate",
+    "StoreSplits",
+    "build_datasets",
+    "inspect_store",
+    "pad_sequences",
+    "select_split",
+]
+
+# One video in HOLDOUT_BUCKETS of train becomes val when the store has no val split.
+HOLDOUT_BUCKETS = 10
+
+
+@dataclass(frozen=True)
+class StoreSplits:
+    """What the training job needs to know about a store before reading its features."""
+
+    root: str
+    metadata: dict[str, Any]
+    files: tuple[str, ...]
+    split_counts: dict[str, int]
+    holdout: bool
+    semantic: str | None
+    files_without_semantic: tuple[str, ...] = field(default=())
+
+    @property
+    def task(self) -> str:
+        return self.metadata["task"]
+
+    @property
+    def label_column(self) -> str:
+        return "label" if self.task == "single_label" else "labels"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.metadata["class_names"])
+
+    @property
+    def visual_dim(self) -> int:
+        return int(self.metadata["modalities"]["visual"]["dim"])
+
+    @property
+    def semantic_dim(self) -> int:
+        if self.semantic is None:
+            return 0
+        return int(self.metadata["modalities"][self.semantic]["dim"])
+
+
+def inspect_store(root: str | Path, semantic: str | None) -> StoreSplits:
+    """Metadata, files and split sizes of a store; ``semantic`` None trains visual-only."""
+    metadata = read_dataset_json(root)
+    if "visual" not in metadata["modalities"]:
+        raise StoreError(f"{root}: dataset.json declares no visual modality")
+    if semantic is not None and semantic not in metadata["modalities"]:
+        raise StoreError(
+            f"{root}: semantic modality {semantic!r} is not in dataset.json "
+            f"(has {sorted(metadata['modalities'])})"
+        )
+    files = list_parquet_files(root)
+    if not files:
+        raise StoreError(f"{root}: no .parquet files")
+    counts: Counter[str] = Counter()
+    missing = []
+    for path in files:
+        names = pq.read_schema(path).names
+        for column in ("video_id", "split", "visual"):
+            if column not in names:
+                raise StoreError(f"{path}: missing column {column!r}")
+        if semantic is not None and semantic not in names:
+            missing.append(path)
+        counts.update(pq.read_table(path, columns=["split"]).column("split").to_pylist())
+    if counts["train"] == 0:
+        raise StoreError(f"{root}: no rows with split 'train'")
+    holdout = counts["val"] == 0
+    return StoreSplits(
+        root=str(root),
+        metadata=metadata,
+        files=tuple(files),
+        split_counts={name: counts[name] for name in ("train", "val", "test")},
+        holdout=holdout,
+        semantic=semantic,
+        files_without_semantic=tuple(missing),
+    )
+
+
+def _holdout_mask(video_ids: pa.Array) -> np.ndarray:
+    # CRC32 is stable across processes and Python versions (unlike hash()).
+    buckets = [zlib.crc32(str(v).encode()) % HOLDOUT_BUCKETS for v in video_ids.to_pylist()]
+    return np.asarray(buckets) == 0
+
+
+def select_split(
+    batch: pa.Table, *, split: str, holdout: bool, label_column: str, semantic: str | None
+) -> pa.Table:
+    """Rows of ``split`` (after the val hold-out) that have visual features and a label."""
+    stored = batch.column("split").to_numpy(zero_copy_only=False).astype(str)
+    if holdout:
+        held = _holdout_mask(batch.column("video_id")) & (stored == "train")
+        stored = np.where(held, "val", stored)
+    keep = stored == split
+    keep &= batch.column("visual").is_valid().to_numpy(zero_copy_only=False)
+    keep &= batch.column(label_column).is_valid().to_numpy(zero_copy_only=False)
+    columns = ["video_id", label_column, "visual"]
+    table = batch.filter(pa.array(keep)).select(columns)
+    if semantic is not None:
+        if semantic in batch.column_names:
+            values = batch.column(semantic).filter(pa.array(keep))
+        else:  # a file without the semantic column: every cell is missing
+            values = pa.nulls(table.num_rows, pa.list_(pa.list_(pa.float32())))
+        table = table.append_column("semantic", values)
+    return table
+
+
+def build_datasets(splits: StoreSplits) -> dict[str, Any]:
+    """One Ray Dataset per split with columns video_id, label(s), visual[, semantic]."""
+    import ray.data
+
+    label = splits.label_column
+    wanted = ["video_id", "split", label, "visual"]
+    datasets = {}
+    # Files with and without the semantic column are read apart (their schemas differ).
+    groups = [[f for f in splits.files if f not in splits.files_without_semantic]]
+    groups.append(list(splits.files_without_semantic))
+    for split in ("train", "val", "test"):
+        parts = []
+        for files, has_semantic in zip(groups, (True, False), strict=True):
+            if not files:
+                continue
+            columns = wanted + ([splits.semantic] if splits.semantic and has_semantic else [])
+            dataset = ray.data.read_parquet(files, columns=columns, partitioning=None)
+            parts.append(
+                dataset.map_batches(
+                    select_split,
+                    batch_format="pyarrow",
+                    batch_size=None,
+                    fn_kwargs=dict(
+                        split=split,
+                        holdout=splits.holdout,
+                        label_column=label,
+                        semantic=splits.semantic,
+                    ),
+                )
+            )
+        datasets[split] = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+    return datasets
+
+
+# ---------------------------------------------------------------------------- collation
+
+
+def pad_sequences(
+    column: pa.Array | pa.ChunkedArray, width: int, max_length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A list<list<float32>> column as (B, T, width) zero-padded floats and a (B, T) mask.
+
+    Null cells become all-False mask rows. Sequences longer than ``max_length`` are
+    subsampled uniformly in time (keeping the whole clip's coverage).
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    lengths = column.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = column.flatten().flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    if flat.size != int(lengths.sum()) * width:
+        raise StoreError(f"a sequence cell does not have width {width}")
+    rows = flat.reshape(-1, width)
+    longest = int(lengths.max()) if len(lengths) else 0
+    padded = np.zeros((len(lengths), max(longest, 1), width), dtype=np.float32)
+    mask = np.arange(padded.shape[1])[None, :] < lengths[:, None]
+    padded[mask] = rows
+    if max_length is not None and longest > max_length:
+        padded, mask = _subsample(padded, mask, lengths, max_length)
+    return torch.from_numpy(padded), torch.from_numpy(mask)
+
+
+def _subsample(padded, mask, lengths, max_length):
+    short = np.zeros((len(lengths), max_length, padded.shape[2]), dtype=np.float32)
+    short_mask = np.zeros((len(lengths), max_length), dtype=bool)
+    for row, length in enumerate(lengths):
+        if length == 0:
+            continue
+        keep = min(int(length), max_length)
+        index = np.linspace(0, length - 1, keep).round().astype(np.int64)
+        short[row, :keep] = padded[row, index]
+        short_mask[row, :keep] = True
+    return short, short_mask
+
+
+def _multi_hot(column: pa.Array | pa.ChunkedArray, num_classes: int) -> torch.Tensor:
+    lists = column.to_pylist()
+    target = torch.zeros((len(lists), num_classes), dtype=torch.float32)
+    for row, labels in enumerate(lists):
+        target[row, [int(v) for v in labels or []]] = 1.0
+    return target
+
+
+class PaddedBatchCollate(ArrowBatchCollateFn):
+    """Arrow batch -> dict of tensors for ``iter_torch_batches(collate_fn=...)``.
+
+    Returning a plain dict of tensors lets Ray Data pin the memory (``pin_memory=True``)
+    and move the batch to the worker's device with non-blocking copies.
+    """
+
+    def __init__(
+        self,
+        *,
+        task: str,
+        num_classes: int,
+        visual_dim: int,
+        semantic_dim: int = 0,
+        max_length: int | None = None,
+    ):
+        super().__init__()
+        self.task = task
+        self.num_classes = num_classes
+        self.visual_dim = visual_dim
+        self.semantic_dim = semantic_dim
+        self.max_length = max_length
+
+    def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
+        visual, visual_mask = pad_sequences(batch["visual"], self.visual_dim, self.max_length)
+        out = {"visual": visual, "visual_mask": visual_mask}
+        if self.semantic_dim and "semantic" in batch.column_names:
+            semantic, semantic_mask = pad_sequences(
+                batch["semantic"], self.semantic_dim, self.max_length
+            )
+            out.update(semantic=semantic, semantic_mask=semantic_mask)
+        if self.task == "single_label":
+            labels = pc.cast(batch["label"], pa.int64()).to_numpy()
+            out["labels"] = torch.from_numpy(np.ascontiguousarray(labels))
+        else:
+            out["labels"] = _multi_hot(batch["labels"], self.num_classes)
+        return out

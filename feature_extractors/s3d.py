@@ -1,0 +1,293 @@
+"""S3D visual features: 1024-d per clip, torchvision's S3D with the classifier removed.
+
+    extractor = S3DExtractor(S3DConfig(weights="random", clip_len=16, clip_stride=16))
+    plans = extractor.clip_plan(num_frames=300, native_fps=30.0)   # which frames, per clip
+    clip = extractor.preprocess(frames_uint8)                        # (L, 224, 224, 3) uint8
+    features = extractor(np.stack([clip]))                           # (1, 1024) float32
+
+The work is split so a pipeline can decode and preprocess on CPU workers and ship uint8
+(4x smaller than float) to the model workers; normalisation happens on the model's device.
+The preprocessing (15 fps, resize 256x256, centre crop 224, Kinetics mean/std) is that of
+torchvision's S3D_Weights.KINETICS400_V1, and it is all recorded in S3DConfig.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from feature_extractors.base import (
+    Extractor,
+    describe_file,
+    load_state_dict_file,
+    load_state_dict_strict,
+    register_extractor,
+    seeded_random_init,
+    warn_random_weights,
+)
+
+__all__ = [
+    "KINETICS400_FILE_NAME",
+    "ClipPlan",
+    "S3DConfig",
+    "S3DExtractor",
+    "build_s3d_backbone",
+    "normalize_clips",
+    "plan_clips",
+]
+
+logger = logging.getLogger(__name__)
+
+KINETICS400_FILE_NAME = "s3d-d76dad2f.pth"
+# From S3D_Weights.KINETICS400_V1.meta: the final AvgPool3d(2, 7, 7) needs at least this.
+MIN_CLIP_LEN = 14
+MIN_CROP = 224
+FEATURE_DIM = 1024
+
+
+@dataclass(frozen=True)
+class S3DConfig:
+    """Weights and the exact preprocessing of the visual features (recorded in dataset.json).
+
+    weights: "random" | "kinetics400" | path to a torchvision-format .pth state dict.
+    fps: frames are resampled to this rate before clipping. resize: (H, W) before the crop.
+    clip_len / clip_stride: frames per clip and the step between clip starts, in resampled
+    frames. channels_last: run the model in torch.channels_last_3d memory format.
+    """
+
+    weights: str = "random"
+    fps: float = 15.0
+    resize: tuple[int, int] = (256, 256)
+    crop: int = 224
+    mean: tuple[float, float, float] = (0.43216, 0.394666, 0.37645)
+    std: tuple[float, float, float] = (0.22803, 0.22145, 0.216989)
+    clip_len: int = 64
+    clip_stride: int = 64
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.fps <= 0:
+            raise ValueError(f"fps must be > 0, got {self.fps}")
+        if self.clip_len < MIN_CLIP_LEN:
+            raise ValueError(f"clip_len must be >= {MIN_CLIP_LEN} for S3D, got {self.clip_len}")
+        if self.clip_stride < 1:
+            raise ValueError(f"clip_stride must be >= 1, got {self.clip_stride}")
+        if self.crop < MIN_CROP or self.crop > min(self.resize):
+            raise ValueError(f"crop must be in [{MIN_CROP}, min(resize)], got {self.crop}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need 3 values each, std > 0")
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """One clip: native frame indices (length clip_len) and the time span it covers.
+
+    The last `padded` entries repeat the last real frame (tail of the video).
+    """
+
+    frame_indices: tuple[int, ...]
+    start_time: float
+    end_time: float
+    padded: int
+
+
+def plan_clips(
+    num_frames: int, native_fps: float, fps: float, clip_len: int, clip_stride: int
+) -> list[ClipPlan]:
+    """Resample a video to `fps` and cut it into clips (pure; see S3DExtractor.clip_plan).
+
+    Resampling: sampled frame k sits at t = k / fps, for every t inside the video
+    (t < num_frames / native_fps), and takes the native frame nearest to t (round half up),
+    clamped to the last frame. A native rate below `fps` therefore repeats frames.
+
+    Clipping: clip j starts at sampled frame j * clip_stride. Full clips are always kept.
+    A partial (tail) clip is kept, padded by repeating its last real frame, when it holds at
+    least one sampled frame the previous clip does not cover; the first clip is always kept,
+    so a video shorter than one clip still gives one padded clip. start_time is the time of
+    the clip's first sampled frame, end_time the end of its last real one (capped at the
+    video's duration).
+    """
+    if num_frames <= 0:
+        raise ValueError(f"cannot plan clips for a video with {num_frames} frames")
+    if native_fps <= 0:
+        raise ValueError(f"native_fps must be > 0, got {native_fps}")
+    duration = num_frames / native_fps
+    # Small tolerance so that e.g. 300 frames at 30 fps -> exactly 150 samples at 15 fps.
+    num_sampled = max(1, math.ceil(duration * fps - 1e-9))
+    sampled = [
+        min(num_frames - 1, math.floor(k * native_fps / fps + 0.5)) for k in range(num_sampled)
+    ]
+    plans: list[ClipPlan] = []
+    for start in range(0, num_sampled, clip_stride):
+        real = min(clip_len, num_sampled - start)
+        previous_end = start - clip_stride + clip_len  # sampled frames the previous clip covers
+        if plans and real < clip_len and num_sampled <= previous_end:
+            break  # a tail with nothing new
+        indices = sampled[start : start + real]
+        indices += [indices[-1]] * (clip_len - real)
+        plans.append(
+            ClipPlan(
+                frame_indices=tuple(indices),
+                start_time=start / fps,
+                end_time=min((start + real) / fps, duration),
+                padded=clip_len - real,
+            )
+        )
+    return plans
+
+
+def normalize_clips(
+    clips: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
+    """uint8 (N, L, H, W, 3) -> float32 (N, 3, L, H, W): /255, then (x - mean) / std.
+
+    The result is a permuted view (its strides are channels_last_3d); call .contiguous()
+    for the default layout.
+    """
+    mean_tensor = torch.tensor(mean, dtype=torch.float32, device=clips.device)
+    std_tensor = torch.tensor(std, dtype=torch.float32, device=clips.device)
+    scaled = clips.to(torch.float32) / 255.0  # (N, L, H, W, 3)
+    normalized = (scaled - mean_tensor) / std_tensor
+    return normalized.permute(0, 4, 1, 2, 3)  # (N, 3, L, H, W)
+
+
+def build_s3d_backbone(weights: str) -> tuple[nn.Module, str]:
+    """torchvision S3D without its classifier -> (module, description of the weights).
+
+    The module maps (N, 3, L, H, W) normalised clips to (N, 1024): features, the
+    AvgPool3d(2, 7, 7), then the mean over what is left of time and space (torchvision's
+    own forward with the classifier replaced by the identity).
+    """
+    from torchvision.models.video import s3d
+
+    if weights == "random":
+        warn_random_weights("s3d")
+        model = seeded_random_init(lambda: _he_initialised(s3d(weights=None)))
+        model.classifier = nn.Identity()
+        return model, "random"
+    if weights == "kinetics400":
+        state_dict = _load_kinetics400_state_dict()
+        description = "kinetics400"
+    else:
+        state_dict = load_state_dict_file(weights)
+        description = describe_file(weights)
+    model = s3d(weights=None)
+    model.classifier = nn.Identity()
+    load_state_dict_strict(model, state_dict, source=str(weights), ignore_prefixes=("classifier.",))
+    return model, description
+
+
+def _he_initialised(model: nn.Module) -> nn.Module:
+    """He (fan_in) init of every Conv3d, so random features keep unit scale.
+
+    With eval-mode BatchNorm (identity statistics) PyTorch's default init shrinks the
+    activations layer by layer to ~1e-7 at the output: useless even for plumbing tests.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv3d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+    return model
+
+
+def _load_kinetics400_state_dict() -> dict[str, torch.Tensor]:
+    """The torchvision Kinetics-400 checkpoint from the torch hub cache (download if online)."""
+    from torchvision.models.video import S3D_Weights
+
+    checkpoint_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    cached = checkpoint_dir / KINETICS400_FILE_NAME
+    if cached.is_file():
+        return load_state_dict_file(cached)
+    try:
+        return S3D_Weights.KINETICS400_V1.get_state_dict(progress=False, check_hash=True)
+    except Exception as error:  # offline: URLError, socket errors, hash mismatch...
+        raise RuntimeError(
+            f"S3D weights='kinetics400' need {KINETICS400_FILE_NAME}: not in the torch hub "
+            f"cache ({cached}) and the download failed ({error}). Copy the file there, or "
+            f"pass weights='/path/to/{KINETICS400_FILE_NAME}'."
+        ) from error
+
+
+@register_extractor
+class S3DExtractor(Extractor):
+    """Clips of RGB frames -> one 1024-d S3D feature per clip."""
+
+    name = "s3d"
+    modality = "visual"
+    config_class = S3DConfig
+
+    def __init__(self, config: S3DConfig, device: str | torch.device = "cpu") -> None:
+        super().__init__(config, device)
+        model, self.weights_description = build_s3d_backbone(config.weights)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
+        self.model = model.to(self.device).eval()
+
+    @property
+    def output_dim(self) -> int:
+        return FEATURE_DIM
+
+    def clip_plan(self, num_frames: int, native_fps: float) -> list[ClipPlan]:
+        """Which native frames make each clip (rules in `plan_clips`)."""
+        config = self.config
+        return plan_clips(num_frames, native_fps, config.fps, config.clip_len, config.clip_stride)
+
+    def preprocess(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (L, H, W, 3) RGB -> uint8 (L, crop, crop, 3), on CPU, no normalisation.
+
+        Resizes to config.resize (bilinear, antialiased, as torchvision's Resize on uint8
+        tensors) unless the frames already have that size, then centre-crops.
+        """
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as vision_functional
+
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(
+                f"expected uint8 (L, H, W, 3) frames, got {frames.dtype} {frames.shape}"
+            )
+        images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (L,3,H,W)
+        if tuple(images.shape[-2:]) != tuple(self.config.resize):
+            images = vision_functional.resize(
+                images,
+                list(self.config.resize),
+                interpolation=InterpolationMode.BILINEAR,
+                antialias=True,
+            )
+        images = vision_functional.center_crop(images, [self.config.crop, self.config.crop])
+        return images.permute(0, 2, 3, 1).contiguous().numpy()  # (L, crop, crop, 3)
+
+    def __call__(self, clips: np.ndarray | torch.Tensor) -> np.ndarray:
+        """uint8 (N, clip_len, crop, crop, 3) -> float32 (N, 1024)."""
+        clips = torch.as_tensor(clips)
+        expected = (self.config.clip_len, self.config.crop, self.config.crop, 3)
+        if clips.dtype != torch.uint8 or clips.ndim != 5 or tuple(clips.shape[1:]) != expected:
+            raise ValueError(
+                f"expected uint8 (N, *{expected}) clips, got {clips.dtype} {tuple(clips.shape)}"
+            )
+        if clips.shape[0] == 0:
+            return np.zeros((0, FEATURE_DIM), dtype=np.float32)
+        with torch.inference_mode(), self._autocast():
+            # Move uint8 (4x less traffic than float), normalise on the device.
+            inputs = normalize_clips(clips.to(self.device), self.config.mean, self.config.std)
+            if self.config.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
+            else:
+                inputs = inputs.contiguous()
+            features = self.model(inputs)  # (N, 1024)
+        return features.float().cpu().numpy()
+
+    def example_input(self, batch_size: int = 2) -> np.ndarray:
+        generator = np.random.default_rng(0)
+        shape = (batch_size, self.config.clip_len, self.config.crop, self.config.crop, 3)
+        return generator.integers(0, 256, size=shape, dtype=np.uint8)
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()

@@ -41,6 +41,7 @@ __all__ = [
     "build_s3d_backbone",
     "normalize_clips",
     "plan_clips",
+    "preprocess_frames",
 ]
 
 logger = logging.getLogger(__name__)
@@ -143,6 +144,27 @@ def plan_clips(
     return plans
 
 
+def preprocess_frames(frames: np.ndarray, config: S3DConfig) -> np.ndarray:
+    """uint8 (L, H, W, 3) RGB -> uint8 (L, crop, crop, 3), on CPU, no normalisation.
+
+    Resizes to config.resize (bilinear, antialiased, as torchvision's Resize on uint8
+    tensors) unless the frames already have that size, then centre-crops. A pure function
+    of the config, so decode workers need no model.
+    """
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as vision_functional
+
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected uint8 (L, H, W, 3) frames, got {frames.dtype} {frames.shape}")
+    images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (L, 3, H, W)
+    if tuple(images.shape[-2:]) != tuple(config.resize):
+        images = vision_functional.resize(
+            images, list(config.resize), interpolation=InterpolationMode.BILINEAR, antialias=True
+        )
+    images = vision_functional.center_crop(images, [config.crop, config.crop])
+    return images.permute(0, 2, 3, 1).contiguous().numpy()  # (L, crop, crop, 3)
+
+
 def normalize_clips(
     clips: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> torch.Tensor:
@@ -239,28 +261,8 @@ class S3DExtractor(Extractor):
         return plan_clips(num_frames, native_fps, config.fps, config.clip_len, config.clip_stride)
 
     def preprocess(self, frames: np.ndarray) -> np.ndarray:
-        """uint8 (L, H, W, 3) RGB -> uint8 (L, crop, crop, 3), on CPU, no normalisation.
-
-        Resizes to config.resize (bilinear, antialiased, as torchvision's Resize on uint8
-        tensors) unless the frames already have that size, then centre-crops.
-        """
-        from torchvision.transforms.v2 import InterpolationMode
-        from torchvision.transforms.v2 import functional as vision_functional
-
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(
-                f"expected uint8 (L, H, W, 3) frames, got {frames.dtype} {frames.shape}"
-            )
-        images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (L,3,H,W)
-        if tuple(images.shape[-2:]) != tuple(self.config.resize):
-            images = vision_functional.resize(
-                images,
-                list(self.config.resize),
-                interpolation=InterpolationMode.BILINEAR,
-                antialias=True,
-            )
-        images = vision_functional.center_crop(images, [self.config.crop, self.config.crop])
-        return images.permute(0, 2, 3, 1).contiguous().numpy()  # (L, crop, crop, 3)
+        """uint8 (L, H, W, 3) RGB -> uint8 (L, crop, crop, 3); see `preprocess_frames`."""
+        return preprocess_frames(frames, self.config)
 
     def __call__(self, clips: np.ndarray | torch.Tensor) -> np.ndarray:
         """uint8 (N, clip_len, crop, crop, 3) -> float32 (N, 1024)."""

@@ -51,6 +51,7 @@ __all__ = [
     "mel_matrix",
     "postprocess_embeddings",
     "prepare_waveform",
+    "waveform_to_examples",
 ]
 
 EMBEDDING_DIM = 128
@@ -183,6 +184,25 @@ def frame_examples(log_mel: torch.Tensor, window: int, hop: int) -> torch.Tensor
     return log_mel.unfold(0, window, hop).transpose(1, 2).contiguous()  # (N, window, bands)
 
 
+def waveform_to_examples(
+    waveform: np.ndarray | torch.Tensor, sample_rate: int, config: VGGishConfig
+) -> np.ndarray:
+    """float32 (samples,) or (channels, samples) -> float32 (N, 96, 64) log-mel examples.
+
+    Audio shorter than one example (0.96 s) is zero-padded (silence) at the end to one
+    example, so any non-empty audio gives at least one row; longer audio drops its tail
+    shorter than a full example, as the reference does. A pure function of the config, so
+    decode workers need no model.
+    """
+    signal = prepare_waveform(waveform, sample_rate, config.sample_rate)
+    min_samples = (config.example_frames - 1) * config.hop_samples + config.window_samples
+    if signal.numel() < min_samples:
+        signal = torch.nn.functional.pad(signal, (0, min_samples - signal.numel()))
+    log_mel = log_mel_spectrogram(signal, config.sample_rate, config)  # (F, 64)
+    examples = frame_examples(log_mel, config.example_frames, config.example_hop_frames)
+    return examples.numpy()
+
+
 # Network and postprocessing ----------------------------------------------------------------
 
 
@@ -293,20 +313,9 @@ class VGGishExtractor(Extractor):
         return EMBEDDING_DIM
 
     def preprocess(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
-        """float32 (samples,) or (channels, samples) -> float32 (N, 96, 64) log-mel examples.
-
-        Audio shorter than one example (0.96 s) is zero-padded (silence) at the end to one
-        example, so any non-empty audio gives at least one row; longer audio drops its tail
-        shorter than a full example, as the reference does.
-        """
-        config = self.config
-        signal = prepare_waveform(waveform, sample_rate, config.sample_rate)
-        min_samples = (config.example_frames - 1) * config.hop_samples + config.window_samples
-        if signal.numel() < min_samples:
-            signal = torch.nn.functional.pad(signal, (0, min_samples - signal.numel()))
-        log_mel = log_mel_spectrogram(signal, config.sample_rate, config)  # (F, 64)
-        examples = frame_examples(log_mel, config.example_frames, config.example_hop_frames)
-        return examples.numpy()
+        """float32 (samples,) or (channels, samples) -> float32 (N, 96, 64) log-mel examples
+        (see `waveform_to_examples`)."""
+        return waveform_to_examples(waveform, sample_rate, self.config)
 
     def __call__(self, examples: np.ndarray | torch.Tensor) -> np.ndarray:
         """float32 (N, 96, 64) log-mel examples -> float32 (N, 128) (PCA'd if configured)."""

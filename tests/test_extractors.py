@@ -202,6 +202,8 @@ def test_preprocess_resizes_and_centre_crops():
     frames = generator.integers(0, 256, size=(3, 240, 320, 3), dtype=np.uint8)
     cropped = extractor.preprocess(frames)
     assert cropped.shape == (3, 224, 224, 3) and cropped.dtype == np.uint8
+    # The pure function decode workers use (no model) is the same preprocessing.
+    np.testing.assert_array_equal(s3d_module.preprocess_frames(frames, extractor.config), cropped)
     already_resized = generator.integers(0, 256, size=(2, 256, 256, 3), dtype=np.uint8)
     np.testing.assert_array_equal(
         extractor.preprocess(already_resized), already_resized[:, 16:240, 16:240]

@@ -21,6 +21,7 @@ from feature_extractors.vggish import (
     log_mel_spectrogram,
     mel_matrix,
     postprocess_embeddings,
+    waveform_to_examples,
 )
 
 torch.set_num_threads(1)
@@ -150,6 +151,10 @@ def test_preprocess_gives_reference_examples(shared_data, file_name):
     reference = reference_examples(samples, sample_rate)
     waveform = samples.T.astype(np.float32)  # (channels, samples): our layout
     examples = random_extractor().preprocess(waveform, sample_rate)
+    # The pure function decode workers use (no model) gives the same examples.
+    np.testing.assert_array_equal(
+        waveform_to_examples(waveform, sample_rate, VGGishConfig()), examples
+    )
     assert examples.dtype == np.float32
     assert examples.shape == reference.shape == (len(reference), 96, 64)
     # float32 input here vs float64 in the reference: still well under 1e-4.

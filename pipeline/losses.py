@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.model import CRIFConfig, CRIFOutput, ablation_branches
+from pipeline.model import CRIFConfig, CRIFOutput, ablation_branches, training_stages
 
 __all__ = [
     "ALIGNMENT_FUNCTIONS",
@@ -226,10 +226,9 @@ def crif_losses(
             total = total + weights.beta * terms["L_2"]
         if "L_mix" in terms:
             total = total + weights.gamma * terms["L_mix"]
-    else:
-        key = {1: "L_1", 2: "L_2", 3: "L_mix"}[stage]
-        if key not in terms:
-            raise ValueError(f"stage {stage} has no loss terms under ablation {config.ablation!r}")
-        total = terms[key]
+    elif stage not in training_stages(config):
+        raise ValueError(f"stage {stage} has no loss terms under ablation {config.ablation!r}")
+    else:  # a stage of only semantic terms on an output without semantic side: 0 in the graph
+        total = terms.get({1: "L_1", 2: "L_2", 3: "L_mix"}[stage], output.logits.sum() * 0.0)
     terms["total"] = total
     return terms

@@ -323,6 +323,18 @@ def test_crif_losses_without_semantic_input_keeps_visual_terms():
     assert terms["total"].item() == pytest.approx(LN2 + 0.2 * LN2 + 0.9 * LN2, rel=1e-5)
 
 
+@pytest.mark.parametrize("ablation", ["align", "fusion"])
+def test_crif_losses_semantic_only_stage_without_semantic_is_zero(ablation):
+    # stage 2 of "align" / "fusion" is alpha_align L_align only, which needs the semantic side
+    output = hand_output(ablation, semantic=False)
+    output.x_c.requires_grad_(True)
+    output.logits_visual.requires_grad_(True)
+    terms = crif_losses(output, LABELS, config_for(ablation), WEIGHTS, stage=2)
+    assert set(terms) == {"total"}
+    assert terms["total"].item() == 0.0
+    terms["total"].backward()  # still a graph: DDP sees every parameter take part
+
+
 def test_crif_losses_missing_branch_output_raises():
     output = hand_output("full")
     output.logits_fused = None

@@ -41,6 +41,7 @@ __all__ = [
     "CRIFConfig",
     "CRIFOutput",
     "FUSIONS",
+    "Fusion",
     "GRUBackbone",
     "SequenceBackbone",
     "TASKS",

@@ -92,10 +92,8 @@ class SyntheticConfig:
             raise ValueError("width and height must be even and at least 16 (yuv420p)")
         if self.num_videos < 1 or self.fps < 1 or self.duration <= 0 or self.sample_rate < 8000:
             raise ValueError("num_videos, fps, duration must be positive; sample_rate >= 8000")
-        if (
-            min(self.val_fraction, self.test_fraction) < 0
-            or self.val_fraction + self.test_fraction >= 1
-        ):
+        fractions = (self.val_fraction, self.test_fraction)
+        if min(fractions) < 0 or sum(fractions) >= 1:
             raise ValueError("val_fraction and test_fraction must be >= 0 with a sum below 1")
         if not self.train_cameras or not self.test_cameras:
             raise ValueError("train_cameras and test_cameras must each name at least one camera")
@@ -158,9 +156,9 @@ def apply_camera(
 ) -> np.ndarray:
     """Frames (T, H, W, 3) uint8 as seen through ``camera``; a new uint8 array.
 
-    Order follows a real camera: optics (resolution, blur), then colour response (cast,
-    contrast, brightness), then sensor noise. The default Camera is the identity. ``rng``
-    draws the noise (a fixed generator keeps the output deterministic).
+    Order follows a real camera: optics (resolution, blur; blur sigma in output pixels), then
+    colour response (cast, contrast, brightness), then sensor noise. The default Camera is the
+    identity. ``rng`` draws the noise (a fixed generator keeps the output deterministic).
     """
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be (T, H, W, 3) uint8, not {frames.shape} {frames.dtype}")
@@ -376,7 +374,8 @@ def generate_synthetic_dataset(
     Returns ``{"videos", "annotations": [train_val json, test json], "num_videos", "splits":
     {train, val, test counts}, "cameras": {video_id: camera name}, "labels": {video_id:
     category}, "class_names", "audio_codec"}``. Existing files of the same names are replaced.
-    ``workers > 1`` renders in that many spawned processes; the output does not change.
+    ``workers > 1`` renders in that many spawned processes (scripts then need the usual
+    ``if __name__ == "__main__":`` guard); the output is the same for any worker count.
     """
     cameras = DEFAULT_CAMERAS if cameras is None else cameras
     for name in config.train_cameras + config.test_cameras:
@@ -397,7 +396,10 @@ def generate_synthetic_dataset(
             results = list(pool.map(make, *arguments, chunksize=4))
     else:
         results = list(map(make, *arguments))
-    documents = {"train_val": _empty_document(config), "test": _empty_document(config)}
+    info = {"generator": "pipeline.synthetic", "seed": config.seed}
+    documents = {
+        part: {"info": info, "videos": [], "sentences": []} for part in ("train_val", "test")
+    }
     for entry, captions in results:  # in video order, so sen_ids do not depend on workers
         document = documents["test" if entry["split"] == "test" else "train_val"]
         document["videos"].append(entry)
@@ -418,11 +420,6 @@ def generate_synthetic_dataset(
         "class_names": list(MSRVTT_CATEGORIES[: config.num_classes]),
         "audio_codec": audio_codec,
     }
-
-
-def _empty_document(config: SyntheticConfig) -> dict:
-    info = {"generator": "pipeline.synthetic", "seed": config.seed}
-    return {"info": info, "videos": [], "sentences": []}
 
 
 def _make_video(

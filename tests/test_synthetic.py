@@ -92,6 +92,18 @@ def test_same_seed_same_content_other_seed_differs(dataset, tmp_path):
     assert np.array_equal(audio_one, audio_two)
 
 
+def test_without_aac_encoder_videos_are_written_silent_with_a_warning(tmp_path, monkeypatch):
+    def no_aac(name, mode="r"):
+        raise av.codec.codec.UnknownCodecError(name)
+
+    monkeypatch.setattr(av.codec, "Codec", no_aac)
+    with pytest.warns(UserWarning, match="no AAC encoder"):
+        info = generate_synthetic_dataset(tmp_path, replace(CONFIG, num_videos=2))
+    assert info["audio_codec"] is None
+    with av.open(f"{info['videos']}/video0.mp4") as container:
+        assert not container.streams.audio and len(container.streams.video) == 1
+
+
 def test_captions_name_the_class():
     from pipeline.synthetic import _CLASS_WORDS, _captions
 

@@ -37,7 +37,14 @@ from pipeline.extract_workers import (
     decode_clips,
 )
 
-__all__ = ["ExtractConfig", "extract_features", "extractor_configs", "finalize_store"]
+__all__ = [
+    "ExtractConfig",
+    "extract_features",
+    "extract_modality",
+    "extractor_configs",
+    "finalize_store",
+    "parts_directory",
+]
 
 PARTS_DIR = "_parts"
 BUCKETS = 4096
@@ -138,7 +145,7 @@ def extract_features(config: ExtractConfig) -> dict:
         description = build_extractor(name, extractor_config).describe()
         _check_compatible(out, modality, description)
         descriptions[modality] = description
-        tally = _run_modality(config, modality, description, rows, out, use_gpu)
+        tally = extract_modality(config, modality, description, rows, out, use_gpu)
         summary["modalities"][modality] = {
             "ok": tally.ok,
             "failed": tally.failed,
@@ -172,7 +179,7 @@ def _config_hash(description: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _parts_dir(out: Path, modality: str, description: dict) -> Path:
+def parts_directory(out: Path, modality: str, description: dict) -> Path:
     return out / PARTS_DIR / f"{modality}-{_config_hash(description)}"
 
 
@@ -198,8 +205,8 @@ def _done_ids(parts: Path) -> set[str]:
     }
 
 
-def _run_modality(config, modality, description, rows, out, use_gpu) -> _Tally:
-    parts = _parts_dir(out, modality, description)
+def extract_modality(config, modality, description, rows, out, use_gpu) -> _Tally:
+    parts = parts_directory(out, modality, description)
     done = _done_ids(parts)
     tally = _Tally()
     todo = []
@@ -390,7 +397,7 @@ def finalize_store(out: Path, manifest, descriptions: dict, rows, config: Extrac
     out = Path(out)
     metadata = _merged_metadata(out, manifest, descriptions, config)
     part_files = {
-        modality: sorted(_parts_dir(out, modality, description).glob("*.parquet"))
+        modality: sorted(parts_directory(out, modality, description).glob("*.parquet"))
         for modality, description in metadata["modalities"].items()
     }
     label_column = "label" if manifest.task == "single_label" else "labels"

@@ -41,6 +41,12 @@ def parse_args(argv=None) -> tuple[ExtractConfig, argparse.Namespace]:
     parser.add_argument("--out", required=True, help="feature store directory")
     parser.add_argument("--ground-truth", help="ActivityNet activity_net.v1-3.min.json")
     parser.add_argument("--split-scheme", choices=["official", "paper"], default="official")
+    parser.add_argument(
+        "--task",
+        choices=["single_label", "multi_label"],
+        default="single_label",
+        help="ActivityNet: majority label, or every label of a video",
+    )
     parser.add_argument("--name", help="store name (default: the dataset's)")
     parser.add_argument(
         "--modalities", default=",".join(defaults.modalities), help="visual,text,audio subset"
@@ -72,6 +78,7 @@ def parse_args(argv=None) -> tuple[ExtractConfig, argparse.Namespace]:
         out=args.out,
         ground_truth=args.ground_truth,
         split_scheme=args.split_scheme,
+        task=args.task,
         name=args.name,
         modalities=tuple(m.strip() for m in args.modalities.split(",") if m.strip()),
         limit=args.limit,

@@ -60,6 +60,7 @@ class ExtractConfig:
     out: str = ""
     ground_truth: str | None = None  # ActivityNet: activity_net.v1-3.min.json
     split_scheme: str = "official"  # MSR-VTT: official (train/val/test) | paper (train+val/test)
+    task: str = "single_label"  # ActivityNet: single_label (majority label) | multi_label
     name: str | None = None
     modalities: tuple[str, ...] = ("visual", "text")
     limit: int | None = None
@@ -170,7 +171,7 @@ def _read_manifest(config: ExtractConfig):
     if not config.ground_truth:
         raise ValueError("activitynet needs --ground-truth activity_net.v1-3.min.json")
     return manifest.read_activitynet(
-        config.annotations, config.videos, ground_truth=config.ground_truth
+        config.annotations, config.videos, ground_truth=config.ground_truth, task=config.task
     )
 
 

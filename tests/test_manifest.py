@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 import uuid
 from pathlib import Path
@@ -458,3 +460,15 @@ def test_real_sample_videos(shared_data):
         "mmaction2_test",
         "mmaction2_test-2",
     ]
+
+
+def test_sources_layer_is_re_exported_by_manifest():
+    import pipeline.manifest as manifest
+    import pipeline.sources as sources
+
+    for name in ("ARCHIVE_SEPARATOR", "VIDEO_EXTENSIONS", "ManifestError", "find_videos",
+                 "open_input", "read_folder"):  # fmt: skip
+        assert getattr(manifest, name) is getattr(sources, name), name
+    # either module may be imported first (manifest imports sources, not the reverse)
+    code = "import pipeline.sources, pipeline.manifest; pipeline.sources.read_folder"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

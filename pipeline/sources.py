@@ -8,17 +8,25 @@ The lower layer of :mod:`pipeline.manifest` (which re-exports everything public 
         data = stream.read()
 
 An archive member is addressed as ``<archive.tar>::<member name>`` and read straight from the
-tar stream, never extracted to disk.
+archive, never extracted to disk. For an uncompressed tar (local or on a seekable filesystem)
+each process indexes the archive's headers once (:func:`tar_index`: data offset and size of
+every member, cached per archive, size and modification time) and then seeks to a member's
+data directly, so reading all n members of an archive costs O(n) header reads, not O(n^2).
+Compressed tars (``.tar.gz``, ``.tgz``, bzip2, xz) cannot be seeked into: they are still read
+as a stream from the start for every member; repack large archives as plain ``.tar``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import os
 import re
 import tarfile
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -31,15 +39,18 @@ __all__ = [
     "ARCHIVE_SEPARATOR",
     "VIDEO_EXTENSIONS",
     "ManifestError",
+    "TarIndex",
     "find_videos",
     "open_input",
     "read_folder",
+    "tar_index",
 ]
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 ARCHIVE_SEPARATOR = "::"  # "<archive.tar>::<member name>" addresses one member of an archive
 _ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _LIST_SUFFIXES = (".txt", ".lst")
+_INDEXED_ARCHIVES = 64  # tar indexes a process keeps (least recently used are dropped)
 
 
 class ManifestError(ValueError):
@@ -105,27 +116,139 @@ def find_videos(root: str) -> dict[str, str]:
     return {key: location for key, (_, location) in found.items()}
 
 
+# ---------------------------------------------------------------------- tar archives
+
+
+@dataclass(frozen=True)
+class TarIndex:
+    """The headers of an uncompressed tar: members in archive order, first of each name."""
+
+    members: tuple[tarfile.TarInfo, ...]
+    by_name: dict[str, tarfile.TarInfo]
+
+
+def _stamp(location: str) -> tuple[int, int] | None:
+    """(size, mtime in ns) of a file, so a rewritten archive is indexed again; None if absent."""
+    filesystem, inner = _resolve(location)
+    info = filesystem.get_file_info(inner)
+    if info.type != pafs.FileType.File:
+        return None
+    return info.size or 0, info.mtime_ns or 0
+
+
+def tar_index(archive: str) -> TarIndex | None:
+    """The header index of an uncompressed tar, or None for a compressed or unreadable one.
+
+    Built once per process and archive version with seeks from header to header (no member
+    data is read); a missing archive raises FileNotFoundError.
+    """
+    stamp = _stamp(archive)
+    if stamp is None:
+        raise FileNotFoundError(f"{archive}: archive not found")
+    return _cached_tar_index(archive, stamp)
+
+
+@functools.lru_cache(maxsize=_INDEXED_ARCHIVES)
+def _cached_tar_index(archive: str, stamp: tuple[int, int]) -> TarIndex | None:
+    del stamp  # part of the cache key only
+    with open_input(archive) as raw:
+        if not raw.seekable() or _is_compressed(raw):
+            return None
+        try:
+            with tarfile.open(fileobj=raw, mode="r:") as tar:
+                members = tuple(tar)  # seeks header to header, skipping the data
+        except tarfile.TarError:
+            return None  # the streaming reader reports the error with its own message
+    by_name: dict[str, tarfile.TarInfo] = {}
+    for member in members:
+        by_name.setdefault(member.name, member)  # the first of a name, as streaming finds it
+    return TarIndex(members, by_name)
+
+
+def _is_compressed(raw: BinaryIO) -> bool:
+    magic = raw.read(6)
+    raw.seek(0)
+    return magic.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00"))
+
+
+class _MemberFile(io.RawIOBase):
+    """A read-only window ``[offset, offset + size)`` of a seekable stream."""
+
+    def __init__(self, raw: BinaryIO, offset: int, size: int):
+        super().__init__()
+        self._raw, self._offset, self._size, self._position = raw, offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + position)
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        remaining = max(0, self._size - self._position)
+        count = remaining if size is None or size < 0 else min(size, remaining)
+        if count == 0:
+            return b""
+        self._raw.seek(self._offset + self._position)
+        data = self._raw.read(count)  # one read: a single range request on object stores
+        self._position += len(data)
+        return bytes(data)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+@contextlib.contextmanager
+def _open_member(archive: str, member_name: str) -> Iterator[BinaryIO]:
+    index = tar_index(archive)
+    if index is not None:  # uncompressed: seek straight to the member's data
+        member = index.by_name.get(member_name)
+        if member is None:
+            raise FileNotFoundError(f"{archive}: no member named {member_name!r}")
+        if not member.isreg() or member.issparse():
+            raise ManifestError(f"{archive}: member {member_name!r} is not a regular file")
+        with open_input(archive) as raw:
+            yield _MemberFile(raw, member.offset_data, member.size)
+        return
+    with open_input(archive) as raw, tarfile.open(fileobj=raw, mode="r|*") as archive_file:
+        for member in archive_file:  # compressed: read the stream up to the member
+            if member.name != member_name:
+                continue
+            member_file = archive_file.extractfile(member)
+            if member_file is None:
+                raise ManifestError(f"{archive}: member {member_name!r} is not a file")
+            yield member_file
+            return
+    raise FileNotFoundError(f"{archive}: no member named {member_name!r}")
+
+
 @contextlib.contextmanager
 def open_input(path: str) -> Iterator[BinaryIO]:
     """Open a local path, a pyarrow-filesystem URI or an ``<archive.tar>::<member>`` for reading.
 
-    Archive members are read straight from the tar stream (never extracted to disk), so a
-    hostile member name cannot write anywhere; the member's file object is only valid inside
-    the ``with`` block and reads forwards.
+    Archive members are read from the archive itself (never extracted to disk), so a hostile
+    member name cannot write anywhere; the member's file object is only valid inside the
+    ``with`` block. Members of uncompressed tars are seekable; of compressed ones, forward-only.
     """
     path = str(path)
     if ARCHIVE_SEPARATOR in path:
         archive, _, member_name = path.partition(ARCHIVE_SEPARATOR)
-        with open_input(archive) as raw, tarfile.open(fileobj=raw, mode="r|*") as archive_file:
-            for member in archive_file:
-                if member.name != member_name:
-                    continue
-                member_file = archive_file.extractfile(member)
-                if member_file is None:
-                    raise ManifestError(f"{archive}: member {member_name!r} is not a file")
-                yield member_file
-                return
-        raise FileNotFoundError(f"{archive}: no member named {member_name!r}")
+        with _open_member(archive, member_name) as member_file:
+            yield member_file
+        return
     if _is_uri(path):
         filesystem, inner = pafs.FileSystem.from_uri(path)
         with filesystem.open_input_file(inner) as stream:
@@ -188,19 +311,28 @@ def _list_file_entries(source: str) -> list[tuple[str, bool]]:
     return entries
 
 
+def _archive_members(source: str) -> Iterator[tarfile.TarInfo]:
+    """Every member header: from the index (uncompressed) or one streaming pass."""
+    index = tar_index(source)
+    if index is not None:
+        yield from index.members
+        return
+    with open_input(source) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+        yield from tar
+
+
 def _archive_entries(source: str) -> tuple[list[str], int]:
     """``<archive>::<member>`` of each video member, never extracted; skipped count."""
     archive = source if _is_uri(source) else os.path.abspath(source)
     locations, skipped = [], 0
     try:
-        with open_input(source) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
-            for member in tar:
-                if member.isdir():
-                    continue
-                if member.isfile() and _is_video(member.name):
-                    locations.append(f"{archive}{ARCHIVE_SEPARATOR}{member.name}")
-                else:
-                    skipped += 1
+        for member in _archive_members(archive):
+            if member.isdir():
+                continue
+            if member.isfile() and _is_video(member.name):
+                locations.append(f"{archive}{ARCHIVE_SEPARATOR}{member.name}")
+            else:
+                skipped += 1
     except FileNotFoundError as error:
         raise ManifestError(f"{source}: archive not found") from error
     except tarfile.TarError as error:
@@ -232,7 +364,7 @@ def read_folder(source: str) -> Manifest:
 
     Only video files (by extension, any case) become rows; other entries are counted in
     ``Manifest.skipped``. The video id is the file stem; archive members are listed from the
-    tar stream and never extracted, and their ids are sanitised stems, never paths. Repeated
+    tar headers and never extracted, and their ids are sanitised stems, never paths. Repeated
     stems get ``-2``, ``-3``... suffixes (with a warning) so ids stay unique.
     """
     # Imported here: pipeline.manifest imports this module (it re-exports its names).

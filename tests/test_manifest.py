@@ -24,6 +24,7 @@ from pipeline.manifest import (
     read_folder,
     read_msrvtt,
 )
+from pipeline.sources import tar_index
 
 
 def write_json(path: Path, document) -> Path:
@@ -472,3 +473,78 @@ def test_sources_layer_is_re_exported_by_manifest():
     # either module may be imported first (manifest imports sources, not the reverse)
     code = "import pipeline.sources, pipeline.manifest; pipeline.sources.read_folder"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def build_archive(path: Path, members: dict[str, bytes], mode: str = "w") -> None:
+    with tarfile.open(path, mode) as archive:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+
+
+def count_header_reads(monkeypatch) -> list[int]:
+    """A one-element list that counts tarfile header reads (TarFile.next calls)."""
+    calls = [0]
+    original = tarfile.TarFile.next
+
+    def counting(self):
+        calls[0] += 1
+        return original(self)
+
+    monkeypatch.setattr(tarfile.TarFile, "next", counting)
+    return calls
+
+
+def test_uncompressed_tar_members_are_read_by_seeking_not_rescanning(tmp_path, monkeypatch):
+    members = {f"clips/v{index:02d}.mp4": bytes([index]) * (700 + index) for index in range(40)}
+    members["clips/" + "long-name-" * 12 + ".mp4"] = b"GNU/pax long name"  # extra header
+    archive = tmp_path / "batch.tar"
+    build_archive(archive, members)
+    calls = count_header_reads(monkeypatch)
+    manifest = read_folder(str(archive))
+    assert len(manifest.rows) == 41
+    for row in manifest.rows:
+        with open_input(row.path) as stream:
+            assert stream.read() == members[row.path.partition("::")[2]]
+    # one pass over the headers for the listing and all reads (a rescan per member: ~900)
+    assert calls[0] <= len(members) + 3
+    with open_input(f"{archive}::clips/v07.mp4") as stream:  # seekable within the member
+        stream.seek(-3, os.SEEK_END)
+        assert stream.read() == bytes([7]) * 3 and stream.read() == b""
+        stream.seek(0)
+        assert stream.read(2) == bytes([7]) * 2 and stream.tell() == 2
+    with (
+        pytest.raises(FileNotFoundError, match="nothing.mp4"),
+        open_input(f"{archive}::nothing.mp4"),
+    ):
+        pass
+
+
+def test_tar_index_follows_a_rewritten_archive_and_uris(tmp_path):
+    archive = tmp_path / "batch.tar"
+    build_archive(archive, {"a.mp4": b"old"})
+    with open_input(f"{archive}::a.mp4") as stream:
+        assert stream.read() == b"old"
+    build_archive(archive, {"b.mp4": b"padding", "a.mp4": b"new content"})
+    with open_input(f"{archive}::a.mp4") as stream:  # the old index would point at b.mp4
+        assert stream.read() == b"new content"
+    with open_input(f"{archive.as_uri()}::a.mp4") as stream:
+        assert stream.read() == b"new content"
+    assert tar_index(str(archive)).by_name["a.mp4"].size == len(b"new content")
+
+
+def test_compressed_tar_streams_and_non_files_are_refused(tmp_path):
+    archive = tmp_path / "batch.tar.gz"
+    build_archive(archive, {"a.mp4": b"first", "b.mp4": b"second"}, "w:gz")
+    assert tar_index(str(archive)) is None
+    with open_input(f"{archive}::b.mp4") as stream:
+        assert stream.read() == b"second"
+    plain = tmp_path / "links.tar"
+    build_hostile_archive(plain, {"v.mp4": b"video"})
+    for member in ("link.mp4", "clips"):
+        with (
+            pytest.raises(ManifestError, match="not a regular file"),
+            open_input(f"{plain}::{member}"),
+        ):
+            pass

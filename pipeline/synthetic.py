@@ -33,6 +33,7 @@ import av
 import numpy as np
 
 from pipeline.manifest import MSRVTT_CATEGORIES
+from pipeline.shifts import gaussian_blur_float, resize_float
 
 __all__ = [
     "DEFAULT_CAMERAS",
@@ -102,43 +103,6 @@ class SyntheticConfig:
 # ---------------------------------------------------------------------------- cameras
 
 
-def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of (T, H, W, C) float32 frames (half-pixel centres, edge clamped)."""
-
-    def taps(size_out: int, size_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        position = np.clip((np.arange(size_out) + 0.5) * size_in / size_out - 0.5, 0, size_in - 1)
-        low = np.floor(position).astype(np.int64)
-        return low, np.minimum(low + 1, size_in - 1), (position - low).astype(np.float32)
-
-    for axis, size in ((1, height), (2, width)):
-        low, high, weight = taps(size, image.shape[axis])
-        weight = weight.reshape([-1 if index == axis else 1 for index in range(image.ndim)])
-        resized = np.take(image, low, axis=axis)  # take keeps a contiguous layout
-        resized -= np.take(image, high, axis=axis)
-        resized *= -weight  # low + (high - low) * weight, in place
-        resized += np.take(image, low, axis=axis)
-        image = resized
-    return image
-
-
-def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of (T, H, W, C) float32 frames with reflected edges."""
-    radius = max(1, math.ceil(3 * sigma))
-    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2).astype(np.float32)
-    kernel /= kernel.sum()
-    for axis in (1, 2):
-        padding = [(0, 0)] * image.ndim
-        padding[axis] = (radius, radius)
-        padded = np.pad(image, padding, mode="reflect")
-        window = [slice(None)] * image.ndim
-        blurred, term = np.zeros_like(image), np.empty_like(image)
-        for tap, weight in enumerate(kernel):  # shifted slices, in place: no per-pixel loop
-            window[axis] = slice(tap, tap + image.shape[axis])
-            blurred += np.multiply(padded[tuple(window)], weight, out=term)
-        image = blurred
-    return image
-
-
 def _add_sensor_noise(image: np.ndarray, std: float, rng: np.random.Generator) -> None:
     """Add Gaussian noise in place, each frame a random window of one shared random bank.
 
@@ -168,11 +132,11 @@ def apply_camera(
     height, width = frames.shape[1:3]
     small = (max(1, round(height * camera.scale)), max(1, round(width * camera.scale)))
     if small != (height, width):
-        image = _resize(image, *small)
+        image = resize_float(image, *small)
     if camera.blur > 0:  # at the sensor's resolution: the same optics, far fewer pixels
-        image = _gaussian_blur(image, camera.blur * small[0] / height)
+        image = gaussian_blur_float(image, camera.blur * small[0] / height)
     if small != (height, width):
-        image = _resize(image, height, width)
+        image = resize_float(image, height, width)
     # cast, contrast around mid-grey and brightness as one per-channel gain and offset
     gain = np.asarray(camera.color_cast, dtype=np.float32) * camera.contrast
     offset = 127.5 * (1 - camera.contrast) + 255.0 * camera.brightness
@@ -241,7 +205,7 @@ def _render_frames(config: SyntheticConfig, label: int, rng: np.random.Generator
     count, height, width = round(config.duration * config.fps), config.height, config.width
     times = np.arange(count, dtype=np.float32) / config.fps
     grid = rng.uniform(30, 200, (1, 4, 5, 3)).astype(np.float32)  # low-frequency colours
-    background = _resize(grid, height, width)[0] + rng.normal(0, 6, (height, width, 1))
+    background = resize_float(grid, height, width)[0] + rng.normal(0, 6, (height, width, 1))
     frames = np.broadcast_to(background.astype(np.float32), (count, height, width, 3)).copy()
     rows = np.arange(height, dtype=np.float32)[None, :, None]
     columns = np.arange(width, dtype=np.float32)[None, None, :]

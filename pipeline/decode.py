@@ -132,12 +132,14 @@ def _native_size(source) -> tuple[int, int]:
 
 
 def iter_clips(
-    path: str, config, threads: int = 1
+    path: str, config, threads: int = 1, *, shift: dict | None = None, key: str | None = None
 ) -> Iterator[tuple[int, int, object, np.ndarray]]:
     """Yield ``(index, num_clips, clip_plan, frames)`` for each clip S3D ``config`` plans.
 
     ``frames`` is uint8 (clip_len, crop, crop, 3), already preprocessed. Frames are fetched
-    per clip (decord seeks), so at most one clip is held in memory.
+    per clip (decord seeks), so at most one clip is held in memory. ``shift`` (a
+    :mod:`pipeline.shifts` description, ``{"name", "severity", "seed"}``) simulates another
+    camera on each clip's decoded frames, before the crop, seeded by ``key`` (default: path).
     """
     from feature_extractors.s3d import plan_clips, preprocess_frames
 
@@ -157,6 +159,10 @@ def iter_clips(
                 ) from error
             position = {index: row for row, index in enumerate(unique)}
             frames = decoded[[position[index] for index in indices]]
+            if shift is not None:
+                from pipeline.shifts import shift_clip
+
+                frames = shift_clip(frames, shift, key or path, number)
             yield number, len(plans), plan, preprocess_frames(frames, config)
 
 

@@ -45,12 +45,15 @@ def _clip_row(video_id, path, frames, **values) -> dict:
     return row
 
 
-def decode_clips(batch: dict, config: dict):
-    """One video (batch of one row) -> one row per clip: uint8 frames (L, crop, crop, 3)."""
+def decode_clips(batch: dict, config: dict, shift: dict | None = None):
+    """One video (batch of one row) -> one row per clip: uint8 frames (L, crop, crop, 3).
+
+    ``shift``: an optional simulated camera shift (pipeline.shifts), seeded per video id.
+    """
     s3d = _s3d_config(config)
     video_id, path = str(batch["video_id"][0]), str(batch["path"][0])
     try:
-        for index, num_clips, plan, frames in iter_clips(path, s3d):
+        for index, num_clips, plan, frames in iter_clips(path, s3d, shift=shift, key=video_id):
             yield _clip_row(
                 video_id,
                 path,

@@ -180,8 +180,14 @@ def _config_hash(description: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def parts_directory(out: Path, modality: str, description: dict) -> Path:
-    return out / PARTS_DIR / f"{modality}-{_config_hash(description)}"
+def parts_directory(out: Path, modality: str, description: dict, shift: dict | None = None) -> Path:
+    """Where the parts of one extractor config go; a camera shift gets its own directory."""
+    name = f"{modality}-{_config_hash(description)}"
+    if shift is not None:  # shifted features never mix with clean ones
+        from pipeline.shifts import shift_tag
+
+        name = f"{name}-{shift_tag(shift)}"
+    return out / PARTS_DIR / name
 
 
 def _check_compatible(out: Path, modality: str, description: dict) -> None:
@@ -206,8 +212,15 @@ def _done_ids(parts: Path) -> set[str]:
     }
 
 
-def extract_modality(config, modality, description, rows, out, use_gpu) -> _Tally:
-    parts = parts_directory(out, modality, description)
+def extract_modality(config, modality, description, rows, out, use_gpu, shift=None) -> _Tally:
+    """Extract one modality of ``rows`` into parts under ``out``; resumable.
+
+    ``shift`` (visual only): a simulated camera shift applied at decode time
+    (:mod:`pipeline.shifts`); its parts go to their own directory (:func:`parts_directory`).
+    """
+    if shift is not None and modality != "visual":
+        raise ValueError(f"a camera shift applies to visual features only, not {modality}")
+    parts = parts_directory(out, modality, description, shift)
     done = _done_ids(parts)
     tally = _Tally()
     todo = []
@@ -224,7 +237,7 @@ def extract_modality(config, modality, description, rows, out, use_gpu) -> _Tall
     writer = _PartWriter(parts, modality, config.flush_every)
     started = time.perf_counter()
     if todo:
-        dataset = _build_dataset(config, modality, description, todo, use_gpu)
+        dataset = _build_dataset(config, modality, description, todo, use_gpu, shift)
         collect = _collect_clips if modality == "visual" else _collect_rows
         collect(dataset, modality, writer, tally)
     writer.flush()
@@ -243,7 +256,7 @@ def _failure(video_id, path, stage, error) -> dict:
     return {"video_id": video_id, "path": path, "stage": stage, "error": error}
 
 
-def _build_dataset(config, modality, description, todo, use_gpu):
+def _build_dataset(config, modality, description, todo, use_gpu, shift=None):
     import ray
 
     model_actors = config.model_actors or (
@@ -263,7 +276,7 @@ def _build_dataset(config, modality, description, todo, use_gpu):
         dataset = dataset.map_batches(
             decode_clips,
             batch_size=1,
-            fn_kwargs={"config": extractor_config},
+            fn_kwargs={"config": extractor_config, **({"shift": shift} if shift else {})},
             num_cpus=config.decode_cpus,
         )
         return dataset.map_batches(

@@ -48,6 +48,8 @@ __all__ = [
     "HeadNode",
     "find_free_ports",
     "generate_token",
+    "kill_process_tree",
+    "process_tree",
     "run_ray_cli",
     "runtime_env_json",
     "start_head",
@@ -253,10 +255,10 @@ def _process_table() -> dict[int, tuple[int, int]]:
     return table
 
 
-def _started_process_ids(head: HeadNode) -> set[int]:
-    """The head's session plus every descendant (job drivers run in sessions of their own)."""
+def process_tree(leader: int) -> set[int]:
+    """``leader``, its session (it was started with ``start_new_session``) and every
+    descendant (Ray job drivers and their watchers run in sessions of their own)."""
     table = _process_table()
-    leader = head.process.pid  # start_new_session: the session id is the leader's pid
     started = {leader} | {pid for pid, (_, session) in table.items() if session == leader}
     grew = True
     while grew:
@@ -266,12 +268,15 @@ def _started_process_ids(head: HeadNode) -> set[int]:
     return started
 
 
-def _kill(process_ids: set[int]) -> None:
-    for process_id in process_ids:
-        try:
-            os.kill(process_id, signal.SIGKILL)
-        except OSError:
-            continue
+def kill_process_tree(leader: int, sweeps: int = 3) -> None:
+    """SIGKILL ``process_tree(leader)``; repeated sweeps catch processes forked meanwhile."""
+    for _ in range(sweeps):
+        for process_id in process_tree(leader):
+            try:
+                os.kill(process_id, signal.SIGKILL)
+            except OSError:
+                continue
+        time.sleep(0.2)
 
 
 def _remove_default_address_file(head: HeadNode) -> None:
@@ -291,9 +296,7 @@ def stop_head(head: HeadNode) -> None:
 
     SIGKILL straight away: on SIGTERM a ``--block`` head drains for up to 30 s.
     """
-    for _ in range(3):  # a second sweep catches workers forked while the first one ran
-        _kill(_started_process_ids(head))
-        time.sleep(0.2)
+    kill_process_tree(head.process.pid)
     try:
         head.process.wait(timeout=10)
     except subprocess.TimeoutExpired:

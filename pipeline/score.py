@@ -36,8 +36,13 @@ __all__ = [
     "CRIFScorer",
     "ScoreConfig",
     "check_visual_description",
+    "extract_visual",
+    "model_id",
+    "predict_visual",
     "resolve_model_dir",
     "score_videos",
+    "scoring_pipeline",
+    "visual_description",
 ]
 
 FEATURES_DIR = "_features"
@@ -84,7 +89,8 @@ def resolve_model_dir(path: str | Path) -> Path:
     )
 
 
-def _model_id(model_dir: Path) -> str:
+def model_id(model_dir: Path) -> str:
+    """``crif-<hash of the weights>``: names a model's prediction parts."""
     from pipeline.train import CHECKPOINT_WEIGHTS
 
     digest = hashlib.sha256((model_dir / CHECKPOINT_WEIGHTS).read_bytes()).hexdigest()
@@ -106,7 +112,7 @@ def check_visual_description(expected: dict, actual: dict, where: str) -> None:
         raise ValueError(f"{where}: visual features do not match the model's ({detail})")
 
 
-def _visual_description(info: dict, s3d_weights: str | None) -> dict:
+def visual_description(info: dict, s3d_weights: str | None = None) -> dict:
     """Rebuild the model's S3D extractor; its description must equal the recorded one."""
     from feature_extractors import build_extractor
 
@@ -164,50 +170,34 @@ def score_videos(config: ScoreConfig) -> dict:
     started = time.perf_counter()
     model_dir = resolve_model_dir(config.model)
     info = json.loads((model_dir / "checkpoint.json").read_text())
-    model_id = _model_id(model_dir)
+    identifier = model_id(model_dir)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     use_gpu = (
         ray.cluster_resources().get("GPU", 0) > 0 if config.use_gpu is None else config.use_gpu
     )
     paths, failures, feature_files, skipped = _features(config, info, out, use_gpu)
-    parts = out / PARTS_DIR / model_id
-    done = _done_ids(parts)
-    scored = 0
-    if feature_files:
-        dataset = ray.data.read_parquet(feature_files, columns=["video_id", "visual"])
-        dataset = dataset.filter(lambda row, done=frozenset(done): row["video_id"] not in done)
-        pool = ray.data.ActorPoolStrategy(min_size=1, max_size=config.model_actors or 1)
-        dataset = dataset.map_batches(
-            CRIFScorer,
-            fn_constructor_kwargs={
-                "model_dir": str(model_dir),
-                "top_k": config.top_k,
-                "model_id": model_id,
-                "device": "cuda" if use_gpu else "cpu",
-            },
-            batch_size=config.video_batch_size,
-            batch_format="pyarrow",
-            compute=pool,
-            num_gpus=1 if use_gpu else 0,
-            num_cpus=1,
-        )
-        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-            if batch.num_rows:
-                store.atomic_write_table(batch, parts / f"part-{uuid.uuid4().hex}.parquet")
-                scored += batch.num_rows
-                print(f"[score] {len(done) + scored} videos scored", flush=True)
-    table = _predictions_table(parts, failures, paths, model_id)
+    parts = out / PARTS_DIR / identifier
+    done, scored = predict_visual(
+        model_dir,
+        feature_files,
+        parts,
+        top_k=config.top_k,
+        video_batch_size=config.video_batch_size,
+        model_actors=config.model_actors,
+        use_gpu=use_gpu,
+    )
+    table = _predictions_table(parts, failures, paths, identifier)
     output = _write_predictions(table, out, config.format)
     seconds = time.perf_counter() - started
     ok = int(pa.compute.sum(pa.compute.equal(table.column("status"), "ok")).as_py() or 0)
     summary = {
         "predictions": str(output),
-        "model_id": model_id,
+        "model_id": identifier,
         "ok": ok,
         "failed": table.num_rows - ok,
         "scored_now": scored,
-        "already_scored": len(done),
+        "already_scored": done,
         "skipped_non_video": skipped,
         "seconds": round(seconds, 2),
         "videos_per_second": round(scored / seconds, 3) if seconds else None,
@@ -216,9 +206,80 @@ def score_videos(config: ScoreConfig) -> dict:
     return summary
 
 
+def predict_visual(
+    model_dir: Path,
+    feature_files: list[str],
+    parts: Path,
+    *,
+    top_k: int = 5,
+    video_batch_size: int = 64,
+    model_actors: int | None = None,
+    use_gpu: bool = False,
+) -> tuple[int, int]:
+    """Score the visual features of ``feature_files`` with a :class:`CRIFScorer` actor pool.
+
+    Predictions go to atomic parts under ``parts``; videos already there are skipped (and
+    no pipeline starts when nothing is left). Returns (videos already scored, scored now).
+    """
+    import ray
+
+    done = _done_ids(parts)
+    scored = 0
+    if not feature_files:
+        return len(done), 0
+    ids = pq.read_table(feature_files, columns=["video_id"]).column("video_id").to_pylist()
+    if set(ids) <= done:
+        return len(done), 0
+    dataset = ray.data.read_parquet(feature_files, columns=["video_id", "visual"])
+    dataset = dataset.filter(lambda row, done=frozenset(done): row["video_id"] not in done)
+    dataset = scoring_pipeline(
+        dataset,
+        model_dir,
+        top_k=top_k,
+        video_batch_size=video_batch_size,
+        model_actors=model_actors,
+        use_gpu=use_gpu,
+    )
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        if batch.num_rows:
+            store.atomic_write_table(batch, parts / f"part-{uuid.uuid4().hex}.parquet")
+            scored += batch.num_rows
+            print(f"[score] {len(done) + scored} videos scored", flush=True)
+    return len(done), scored
+
+
+def scoring_pipeline(
+    dataset,
+    model_dir: Path,
+    *,
+    top_k: int = 5,
+    video_batch_size: int = 64,
+    model_actors: int | None = None,
+    use_gpu: bool = False,
+):
+    """A Ray dataset of (video_id, visual) rows -> predictions, by a CRIFScorer actor pool."""
+    import ray
+
+    pool = ray.data.ActorPoolStrategy(min_size=1, max_size=model_actors or 1)
+    return dataset.map_batches(
+        CRIFScorer,
+        fn_constructor_kwargs={
+            "model_dir": str(model_dir),
+            "top_k": top_k,
+            "model_id": model_id(Path(model_dir)),
+            "device": "cuda" if use_gpu else "cpu",
+        },
+        batch_size=video_batch_size,
+        batch_format="pyarrow",
+        compute=pool,
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=1,
+    )
+
+
 def _features(config: ScoreConfig, info: dict, out: Path, use_gpu: bool):
     """(paths by id, failure rows, feature files, skipped members) for the videos to score."""
-    description = _visual_description(info, config.s3d_weights)
+    description = visual_description(info, config.s3d_weights)
     if config.features:
         metadata = store.read_dataset_json(config.features)
         check_visual_description(
@@ -231,27 +292,56 @@ def _features(config: ScoreConfig, info: dict, out: Path, use_gpu: bool):
 
     manifest = read_folder(config.videos)
     rows = manifest.rows[: config.limit] if config.limit else list(manifest.rows)
-    features = out / FEATURES_DIR
+    files, failures = extract_visual(
+        description,
+        rows,
+        out / FEATURES_DIR,
+        use_gpu=use_gpu,
+        videos=str(config.videos),
+        clip_batch_size=config.clip_batch_size,
+        model_actors=config.model_actors,
+    )
+    return {row.video_id: row.path for row in rows}, failures, files, manifest.skipped
+
+
+def extract_visual(
+    description: dict,
+    rows: list,
+    out: Path,
+    *,
+    use_gpu: bool,
+    shift: dict | None = None,
+    videos: str = "",
+    clip_batch_size: int = 4,
+    model_actors: int | None = None,
+) -> tuple[list[str], list[dict]]:
+    """S3D features of manifest ``rows``, made exactly as ``description`` says, under ``out``.
+
+    The extraction job's own pipeline (resumable parts); ``shift`` simulates a camera shift
+    at decode time (pipeline.shifts; give each shift its own ``out``). Returns (part files,
+    failure rows of these videos).
+    """
     s3d = description["config"]
     extract_config = ExtractConfig(
-        videos=str(config.videos),
-        out=str(features),
+        videos=videos,
+        out=str(out),
         modalities=("visual",),
         s3d_weights=s3d["weights"],
         fps=s3d["fps"],
         clip_len=s3d["clip_len"],
         clip_stride=s3d["clip_stride"],
         channels_last=s3d.get("channels_last", False),
-        clip_batch_size=config.clip_batch_size,
-        model_actors=config.model_actors,
+        clip_batch_size=clip_batch_size,
+        model_actors=model_actors,
         use_gpu=use_gpu,
     )
-    extract_modality(extract_config, "visual", description, rows, features, use_gpu)
-    parts = parts_directory(features, "visual", description)
+    out = Path(out)
+    extract_modality(extract_config, "visual", description, rows, out, use_gpu, shift=shift)
+    parts = parts_directory(out, "visual", description, shift)
     files = sorted(str(p) for p in parts.glob("*.parquet"))
     wanted = {row.video_id for row in rows}
-    failures = [f for f in store.read_failures(features).to_pylist() if f["video_id"] in wanted]
-    return {row.video_id: row.path for row in rows}, failures, files, manifest.skipped
+    failures = [f for f in store.read_failures(out).to_pylist() if f["video_id"] in wanted]
+    return files, failures
 
 
 def _done_ids(parts: Path) -> set[str]:

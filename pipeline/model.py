@@ -43,6 +43,7 @@ __all__ = [
     "FUSIONS",
     "Fusion",
     "GRUBackbone",
+    "InputStandardizer",
     "SequenceBackbone",
     "TASKS",
     "ViltBackbone",
@@ -256,6 +257,44 @@ def _build_vilt(config: CRIFConfig) -> nn.Module:
     return ViltModel(vilt_config)
 
 
+class InputStandardizer(nn.Module):
+    """Per-feature standardisation of an input sequence with statistics learned from data.
+
+    Extracted features can sit far from zero with little spread (random-weight S3D: mean |x|
+    0.77, spread 0.1 across videos), which a GRU or a transformer learns from slowly. In
+    training mode each batch's valid time steps (mask True) update an exact running mean and
+    variance (all batches weigh by their row count); the input is then standardised with those
+    statistics, in training and inference alike, so both see the same transform. They are
+    buffers: they travel in the checkpoint, and scoring uses the training-set statistics.
+    Before any data has been seen the transform is the identity.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("second_moment", torch.ones(dim, dtype=torch.float64))
+
+    def forward(self, sequence: Tensor, mask: Tensor) -> Tensor:
+        if self.training:
+            self._update(sequence.detach()[mask])  # (N_valid, D)
+        variance = (self.second_moment - self.mean**2).clamp_min(0)
+        scale = (variance + self.eps).rsqrt().to(sequence.dtype)
+        return (sequence - self.mean.to(sequence.dtype)) * scale * mask.unsqueeze(-1)
+
+    @torch.no_grad()
+    def _update(self, rows: Tensor) -> None:
+        if rows.shape[0] == 0:
+            return
+        rows = rows.to(torch.float64)
+        total = self.count + rows.shape[0]
+        weight = rows.shape[0] / total
+        self.mean.mul_(1 - weight).add_(rows.mean(0) * weight)
+        self.second_moment.mul_(1 - weight).add_((rows**2).mean(0) * weight)
+        self.count.copy_(total)
+
+
 def build_backbone(kind: str, input_dim: int, config: CRIFConfig) -> SequenceBackbone:
     if kind == "gru":
         return GRUBackbone(input_dim, config.hidden_dim, context_gating=config.context_gating)
@@ -319,13 +358,16 @@ class CRIF(nn.Module):
         super().__init__()
         self.config = c = config
         branches = ablation_branches(c.ablation)
+        self.visual_input = InputStandardizer(c.visual_dim)
         self.visual_backbone = build_backbone(c.backbone, c.visual_dim, c)
         self.visual_shared = _shared_encoder(c.hidden_dim, c.shared_dim)  # E_x^s
         self.visual_clip = _tau(c.shared_dim, c.rho)  # E_x^c: Clip(x_a, rho), the key part
         self.visual_head = _classifier(c.rho, c.num_classes, c.dropout)
         self.semantic_backbone = self.semantic_shared = None
         self.semantic_clip = self.semantic_head = None
+        self.semantic_input = None
         if "semantic" in branches:  # its own backbone instance: never shared with the video
+            self.semantic_input = InputStandardizer(c.semantic_dim)
             self.semantic_backbone = build_backbone(c.backbone, c.semantic_dim, c)
             self.semantic_shared = _shared_encoder(c.hidden_dim, c.shared_dim)  # E_t^s
             self.semantic_clip = _tau(c.shared_dim, c.rho)  # E_t^c
@@ -353,6 +395,7 @@ class CRIF(nn.Module):
             return output
         if semantic_mask is None:
             raise ValueError("semantic_mask is required with a semantic input")
+        semantic = self.semantic_input(semantic, semantic_mask)  # (B, N, D_s) standardised
         t = self.semantic_backbone(semantic, semantic_mask)  # (B, H)
         t_a = self.semantic_shared(t)  # (B, S)
         t_c = self.semantic_clip(t_a)  # (B, rho)
@@ -360,6 +403,7 @@ class CRIF(nn.Module):
         return dataclasses.replace(output, t=t, t_a=t_a, t_c=t_c, logits_semantic=logits_semantic)
 
     def _visual_path(self, visual: Tensor, visual_mask: Tensor) -> CRIFOutput:
+        visual = self.visual_input(visual, visual_mask)  # (B, T, D) standardised
         x = self.visual_backbone(visual, visual_mask)  # (B, H)
         x_a = self.visual_shared(x)  # (B, S)
         x_c = self.visual_clip(x_a)  # (B, rho)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 import uuid
 import zlib
@@ -79,6 +80,10 @@ class ExtractConfig:
     model_actors: int | None = None  # per model; default: GPUs when present, else 1
     decode_cpus: float = 1.0
     model_cpus: float = 1.0
+    # How S3D runs (feature_extractors/s3d.py): auto | eager | channels_last | compile. Every
+    # mode gives the same features (1e-6), so the store does not record it.
+    s3d_execution: str = "auto"
+    model_threads: int | None = None  # torch threads per CPU model actor; default: all cores
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
     flush_every: int = 16  # videos per atomic part file
 
@@ -86,6 +91,8 @@ class ExtractConfig:
         unknown = set(self.modalities) - {"visual", "text", "audio"}
         if unknown or not self.modalities:
             raise ValueError(f"modalities must be a subset of visual,text,audio; got {unknown}")
+        if self.s3d_execution not in ("auto", "eager", "channels_last", "compile"):
+            raise ValueError(f"unknown s3d_execution {self.s3d_execution!r}")
         if self.dataset not in ("msrvtt", "activitynet"):
             raise ValueError(f"dataset must be msrvtt or activitynet, got {self.dataset!r}")
         if "audio" in self.modalities and not self.vggish_weights:
@@ -263,6 +270,15 @@ def _build_dataset(config, modality, description, todo, use_gpu, shift=None):
         max(1, int(ray.cluster_resources().get("GPU", 0))) if use_gpu else 1
     )
     pool = ray.data.ActorPoolStrategy(min_size=1, max_size=model_actors)
+    if modality == "visual":
+        # Two calls per actor: one decodes (fused into the actor on CPUs) while the other
+        # holds the model; S3DFeatures' lock keeps the model to one call at a time.
+        pool = ray.data.ActorPoolStrategy(
+            min_size=1,
+            max_size=model_actors,
+            max_concurrent_calls_per_actor=2,
+            enable_true_multi_threading=True,
+        )
     resources = {"num_gpus": 1 if use_gpu else 0, "num_cpus": config.model_cpus}
     device = "cuda" if use_gpu else "cpu"
     extractor_config = description["config"]
@@ -279,9 +295,14 @@ def _build_dataset(config, modality, description, todo, use_gpu, shift=None):
             fn_kwargs={"config": extractor_config, **({"shift": shift} if shift else {})},
             num_cpus=config.decode_cpus,
         )
+        s3d_options = {
+            "execution": config.s3d_execution,
+            "expected_clips": _expected_clips(todo, config),
+            "threads": config.model_threads,
+        }
         return dataset.map_batches(
             S3DFeatures,
-            fn_constructor_kwargs={"config": extractor_config, "device": device},
+            fn_constructor_kwargs={"config": extractor_config, "device": device, **s3d_options},
             batch_size=config.clip_batch_size,
             compute=pool,
             **resources,
@@ -309,6 +330,15 @@ def _build_dataset(config, modality, description, todo, use_gpu, shift=None):
         batch_format="pyarrow",
         compute=pool,
         **resources,
+    )
+
+
+def _expected_clips(todo, config: ExtractConfig) -> int:
+    """Clips the job will have, from the manifest's durations (1 per video without one): lets
+    S3D's "auto" execution compile only when the job repays it."""
+    seconds_per_clip = config.clip_stride / config.fps
+    return sum(
+        max(1, math.ceil(row.duration / seconds_per_clip)) if row.duration else 1 for row in todo
     )
 
 

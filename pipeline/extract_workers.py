@@ -8,6 +8,8 @@ decoded yields a row with ``error`` set instead of raising: a failure is data.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pyarrow as pa
 
@@ -73,22 +75,44 @@ def decode_clips(batch: dict, config: dict, shift: dict | None = None):
 
 
 class S3DFeatures:
-    """Actor: uint8 clips -> 1024-d S3D features; rows with an error pass through."""
+    """Actor: uint8 clips -> 1024-d S3D features; rows with an error pass through.
 
-    def __init__(self, config: dict, device: str = "cpu"):
+    On CPUs Ray Data fuses `decode_clips` into this actor (same resources), and the job lets
+    two calls run at once: one decodes its video while the other runs the model, so decoding
+    hides behind the model. The lock keeps the model to one call at a time, on `threads`
+    intra-op threads (default: every core this process may use; Ray would set 1, its
+    logical num_cpus). `execution` and `expected_clips`: see feature_extractors/s3d.py.
+    """
+
+    def __init__(
+        self,
+        config: dict,
+        device: str = "cpu",
+        execution: str = "eager",
+        expected_clips: int | None = None,
+        threads: int | None = None,
+    ):
+        import os
+
         import torch
 
-        from feature_extractors import build_extractor
+        from feature_extractors.s3d import S3DExtractor
 
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-        self.extractor = build_extractor("s3d", config, device=device)
+        if threads is None and device == "cpu":
+            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        torch.set_num_threads(max(1, threads or torch.get_num_threads()))
+        self.extractor = S3DExtractor(
+            _s3d_config(config), device, execution=execution, expected_clips=expected_clips
+        )
+        self.lock = threading.Lock()
 
     def __call__(self, batch: dict) -> dict:
         frames = batch.pop("frames")
         ok = batch["error"] == ""
         features = np.zeros((len(ok), self.extractor.output_dim), np.float32)
         if ok.any():
-            features[ok] = self.extractor(frames[ok])
+            with self.lock:
+                features[ok] = self.extractor(frames[ok])
         batch["feature"] = features
         return batch
 

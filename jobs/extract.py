@@ -67,6 +67,13 @@ def parse_args(argv=None) -> tuple[ExtractConfig, argparse.Namespace]:
     parser.add_argument("--vggish-pca", help="vggish_pca_params.npz for PCA post-processing")
     parser.add_argument("--clip-batch-size", type=int, default=defaults.clip_batch_size)
     parser.add_argument("--model-actors", type=int, help="actors per model (default: #GPUs or 1)")
+    parser.add_argument(
+        "--s3d-execution",
+        choices=["auto", "eager", "channels_last", "compile"],
+        default=defaults.s3d_execution,
+        help="how S3D runs (same features): auto compiles on CPU when cached or worth it",
+    )
+    parser.add_argument("--model-threads", type=int, help="torch threads per CPU model actor")
     parser.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a new local Ray)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray")
@@ -93,6 +100,8 @@ def parse_args(argv=None) -> tuple[ExtractConfig, argparse.Namespace]:
         vggish_pca=args.vggish_pca,
         clip_batch_size=args.clip_batch_size,
         model_actors=args.model_actors,
+        s3d_execution=args.s3d_execution,
+        model_threads=args.model_threads,
         use_gpu=args.use_gpu,
     )
     return config, args

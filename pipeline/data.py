@@ -165,7 +165,7 @@ def build_datasets(splits: StoreSplits) -> dict[str, Any]:
             if not files:
                 continue
             columns = wanted + ([splits.semantic] if splits.semantic and has_semantic else [])
-            dataset = ray.data.read_parquet(files, columns=columns, partitioning=None)
+            dataset = ray.data.read_parquet(files, partitioning=None).select_columns(columns)
             parts.append(
                 dataset.map_batches(
                     select_split,
@@ -264,7 +264,7 @@ class PaddedBatchCollate(ArrowBatchCollateFn):
             out.update(semantic=semantic, semantic_mask=semantic_mask)
         if self.task == "single_label":
             labels = pc.cast(batch["label"], pa.int64()).to_numpy()
-            out["labels"] = torch.from_numpy(np.ascontiguousarray(labels))
+            out["labels"] = torch.from_numpy(np.array(labels, dtype=np.int64))
         else:
             out["labels"] = _multi_hot(batch["labels"], self.num_classes)
         return out

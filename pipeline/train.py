@@ -1,0 +1,718 @@
+"""Distributed CRIF training on Ray Train (V2): one config, one loop, one trainer builder.
+
+    config = TrainConfig(features="outputs/features", out="outputs/run")
+    summary = run_training(config)  # data, Ray Train, RUN_DIR/model, metrics.json, curves
+    trainer = build_trainer(config, run_config=RunConfig(storage_path=..., name=...))  # Tune
+    model, info = load_checkpoint("outputs/run/model")
+
+Decisions:
+- Data comes from the store through Ray Data (``pipeline.data``). "train" is split across
+  workers (equal shards); "val", "test" and "train_eval" (train again, unshuffled) are read
+  whole by rank 0, which scores them on the visual-only path ``CRIF.predict``.
+- ``batch_size`` is global: each of W workers takes ``batch_size // W`` rows per step.
+- Losses under DDP are those of the GLOBAL batch: every step all-gathers the model outputs of
+  all workers (differentiably) and each worker computes ``crif_losses`` on the whole batch.
+  So CORAL's covariances (and SSAN's class centroids) are never per-worker estimates, and
+  W workers with b rows each train like one worker with W*b rows: all_gather's backward sums
+  the W identical losses' gradients and DDP's all-reduce averages them back.
+- Rows whose semantic cell is null take part in the visual terms only; the semantic terms
+  (L_semantic, L_sim, L_align, L_recon_distance) are means over the rows that have one.
+- Adam with weight decay 1e-3, lr x0.1 every ``lr_step`` epochs (paper IV-B/IV-C).
+  ``multistage`` splits the epochs into consecutive blocks, one per stage of
+  ``model.training_stages``; each stage starts a fresh optimiser over its own modules, and
+  stage 2 keeps stage 1's trainable too, since L_align only reaches stage-1 modules.
+- A checkpoint per epoch (Ray keeps the last 2); a restarted worker group (FailureConfig) or
+  a re-run with the same ``out`` resumes from the latest. The exported model (RUN_DIR/model)
+  is the LAST epoch's: by then the lr has decayed, and picking by val (drawn from the training
+  cameras) would select on data that the unseen test cameras do not resemble.
+- Local mode (``num_workers=0``): the loop runs in the caller's process (benchmark, tuning).
+  Ray persists no checkpoints there, so the loop keeps them under ``out/train/local``.
+- ``use_gpu``: bf16 autocast, pinned batches and non-blocking copies. Not exercised on the
+  CPU-only development machines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig
+from ray.train.torch import TorchTrainer
+from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
+
+from pipeline.data import PaddedBatchCollate, StoreSplits, build_datasets, inspect_store
+from pipeline.losses import LossWeights, crif_losses
+from pipeline.metrics import classification_metrics
+from pipeline.model import CRIFConfig, CRIFOutput, ablation_branches, build_model, training_stages
+from pipeline.store import atomic_write_bytes, read_dataset_json
+
+__all__ = [
+    "CHECKPOINT_INFO",
+    "CHECKPOINT_WEIGHTS",
+    "STRATEGIES",
+    "TrainConfig",
+    "batch_losses",
+    "build_trainer",
+    "default_run_config",
+    "evaluate",
+    "export_model",
+    "gather_batch",
+    "load_checkpoint",
+    "metrics_document",
+    "model_config_for",
+    "run_training",
+    "stage_plan",
+    "train_loop",
+]
+
+STRATEGIES = ("end2end", "multistage")
+LR_DECAY = 0.1
+SEMANTIC_TERMS = ("L_semantic", "L_sim", "L_align", "L_recon_distance")
+# Checkpoint directory: weights (safetensors), everything else as JSON, and the optimiser /
+# scheduler state (torch.save of plain tensors and numbers: loads with weights_only=True).
+CHECKPOINT_WEIGHTS = "model.safetensors"
+CHECKPOINT_INFO = "checkpoint.json"
+CHECKPOINT_TRAIN_STATE = "train_state.pt"
+CHECKPOINT_FORMAT = "crif-checkpoint/1"
+KEEP_CHECKPOINTS = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; ``asdict`` is Ray's ``train_loop_config`` and each
+    field is one flag of ``jobs/train.py`` (``--alpha-sim`` for ``alpha_sim``)."""
+
+    features: str  # feature store directory
+    out: str  # RUN_DIR: checkpoints, model/, metrics.json, learning_curves.png
+    semantic: str = "text"  # privileged modality: text or audio (unused by "baseline")
+    backbone: str = "gru"
+    ablation: str = "full"
+    align_fn: str = "coral"
+    align_target: str = "clip"
+    fusion: str = "concat"
+    strategy: str = "end2end"
+    alpha_sim: float = 1.0
+    alpha_align: float = 1.0
+    beta: float = 0.5
+    gamma: float = 0.5
+    align_warmup: int = 0  # epochs over which alpha_sim and alpha_align ramp up from 0
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    lr_step: int = 4  # epochs between x0.1 decays
+    epochs: int = 12
+    batch_size: int = 64  # global, over all workers
+    hidden_dim: int = 256
+    shared_dim: int = 256
+    rho: int = 128
+    dropout: float = 0.1
+    vilt_pretrained: str | None = None
+    num_workers: int = 1  # 0: local mode, the loop runs in the calling process
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    seed: int = 0
+    max_failures: int = 2  # worker-group restarts (FailureConfig)
+    fail_at_epoch: int | None = None  # testing: raise once at this epoch (marker in out)
+    address: str | None = None  # Ray cluster to join (jobs/train.py)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.semantic not in ("text", "audio"):
+            raise ValueError(f"semantic must be text or audio, got {self.semantic!r}")
+        for name in ("epochs", "batch_size", "lr_step"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0 or self.batch_size < max(self.num_workers, 1):
+            raise ValueError("need num_workers >= 0 and batch_size >= num_workers")
+        if self.align_warmup < 0 or self.max_failures < -1:
+            raise ValueError("need align_warmup >= 0 and max_failures >= -1")
+
+    def resolved(self) -> TrainConfig:
+        """The config with absolute local paths: Ray Train workers run in their own cwd."""
+        absolute = {
+            name: str(Path(getattr(self, name)).resolve())
+            for name in ("features", "out")
+            if "://" not in getattr(self, name)
+        }
+        return dataclasses.replace(self, **absolute)
+
+    @property
+    def semantic_modality(self) -> str | None:
+        """The modality read from the store; None for the visual-only baseline."""
+        return None if self.ablation == "baseline" else self.semantic
+
+    def loss_weights(self, epoch: int) -> LossWeights:
+        """The weights at ``epoch``: the alignment terms ramp linearly over ``align_warmup``.
+
+        A warm-up lets the visual backbone become input-dependent before L_sim acts: a
+        backbone whose output barely depends on its input at initialisation (the random ViLT)
+        is otherwise pulled to the constant that minimises L_sim and never recovers.
+        """
+        ramp = min(1.0, epoch / self.align_warmup) if self.align_warmup else 1.0
+        return LossWeights(self.alpha_sim * ramp, self.alpha_align * ramp, self.beta, self.gamma)
+
+
+def model_config_for(config: TrainConfig, metadata: dict[str, Any]) -> CRIFConfig:
+    modality = config.semantic_modality
+    return CRIFConfig(
+        num_classes=len(metadata["class_names"]),
+        visual_dim=int(metadata["modalities"]["visual"]["dim"]),
+        semantic_dim=int(metadata["modalities"][modality]["dim"]) if modality else 0,
+        task=metadata["task"],
+        backbone=config.backbone,
+        hidden_dim=config.hidden_dim,
+        shared_dim=config.shared_dim,
+        rho=config.rho,
+        fusion=config.fusion,
+        ablation=config.ablation,
+        align_fn=config.align_fn,
+        align_target=config.align_target,
+        dropout=config.dropout,
+        vilt_pretrained=config.vilt_pretrained,
+    )
+
+
+def stage_plan(config: TrainConfig, model_config: CRIFConfig) -> list[int | None]:
+    """The loss stage of every epoch: None (end to end) or consecutive blocks of 1, 2, 3."""
+    if config.strategy == "end2end":
+        return [None] * config.epochs
+    stages = training_stages(model_config)
+    if config.epochs < len(stages):
+        raise ValueError(f"multistage needs >= {len(stages)} epochs, got {config.epochs}")
+    sizes = [len(block) for block in np.array_split(np.arange(config.epochs), len(stages))]
+    return [stage for stage, size in zip(stages, sizes, strict=True) for _ in range(size)]
+
+
+# ---------------------------------------------------------------------------- losses
+
+
+def _is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _gather_rows(tensor: torch.Tensor, sizes: list[int], differentiable: bool) -> torch.Tensor:
+    padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded = torch.cat([tensor, padded[tensor.shape[0] :]])  # differentiable padding
+    if differentiable:
+        from torch.distributed.nn.functional import all_gather  # backward sums over ranks
+
+        parts = all_gather(padded)
+    else:
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
+
+
+def gather_batch(
+    output: CRIFOutput, labels: torch.Tensor, has_semantic: torch.Tensor | None
+) -> tuple[CRIFOutput, torch.Tensor, torch.Tensor | None]:
+    """The global batch: every worker's rows, in rank order (identity on one process)."""
+    if not _is_distributed():
+        return output, labels, has_semantic
+    size = torch.tensor([labels.shape[0]], device=labels.device)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    sizes = [int(s) for s in sizes]
+    names = [f.name for f in dataclasses.fields(output) if getattr(output, f.name) is not None]
+    tensors = [getattr(output, name) for name in names]
+    widths = [t.shape[1] for t in tensors]
+    gathered = _gather_rows(torch.cat(tensors, dim=1), sizes, differentiable=True)
+    output = CRIFOutput(**dict(zip(names, gathered.split(widths, dim=1), strict=True)))
+    labels = _gather_rows(labels, sizes, differentiable=False)
+    if has_semantic is not None:
+        has_semantic = _gather_rows(has_semantic.to(torch.uint8), sizes, False).bool()
+    return output, labels, has_semantic
+
+
+def _float_output(output: CRIFOutput) -> CRIFOutput:
+    values = {f.name: getattr(output, f.name) for f in dataclasses.fields(output)}
+    return CRIFOutput(**{k: None if v is None else v.float() for k, v in values.items()})
+
+
+def _without_semantic(output: CRIFOutput) -> CRIFOutput:
+    return dataclasses.replace(output, t=None, t_a=None, t_c=None, logits_semantic=None)
+
+
+def _select_rows(output: CRIFOutput, index: torch.Tensor) -> CRIFOutput:
+    values = {f.name: getattr(output, f.name) for f in dataclasses.fields(output)}
+    return CRIFOutput(**{k: None if v is None else v[index] for k, v in values.items()})
+
+
+def _has_visual_terms(stage: int | None, branches: frozenset[str]) -> bool:
+    """Whether crif_losses has any term at ``stage`` without a semantic side."""
+    return (
+        stage in (None, 1)
+        or (stage == 2 and "recon" in branches)
+        or (stage == 3 and "fusion" in branches)
+    )
+
+
+def batch_losses(
+    output: CRIFOutput,
+    labels: torch.Tensor,
+    has_semantic: torch.Tensor | None,
+    config: CRIFConfig,
+    weights: LossWeights,
+    stage: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """``crif_losses`` where the semantic terms only see the rows that have a semantic input.
+
+    The total is linear in its terms, so total = (visual terms, all rows) + (terms with the
+    semantic side - the same without it, on the rows that have one).
+    """
+    if output.t is None or has_semantic is None or bool(has_semantic.all()):
+        return crif_losses(output, labels, config, weights, stage=stage)
+    branches = ablation_branches(config.ablation)
+    visual_only = _has_visual_terms(stage, branches)
+    zero = output.logits.sum() * 0.0
+    terms = crif_losses(_without_semantic(output), labels, config, weights, stage=stage)
+    terms = terms if visual_only else {"total": zero}
+    # Keep the semantic branch in the graph even with no semantic row (DDP needs every
+    # parameter to receive a gradient).
+    total = terms["total"] + 0.0 * sum(
+        t.sum() for t in (output.t, output.t_a, output.t_c, output.logits_semantic)
+    )
+    index = has_semantic.nonzero().squeeze(1)
+    if index.numel():
+        rows, row_labels = _select_rows(output, index), labels[index]
+        full = crif_losses(rows, row_labels, config, weights, stage=stage)
+        base = zero
+        if visual_only:
+            base = crif_losses(_without_semantic(rows), row_labels, config, weights, stage=stage)
+            base = base["total"]
+        total = total + full["total"] - base
+        terms.update({k: v for k, v in full.items() if k in SEMANTIC_TERMS})
+    terms["total"] = total
+    return terms
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class _Run:
+    """What one worker holds during a run."""
+
+    config: TrainConfig
+    model_config: CRIFConfig
+    metadata: dict[str, Any]
+    model: torch.nn.Module  # DDP-wrapped when distributed
+    device: torch.device
+    rank: int
+    world_size: int
+    train_collate: PaddedBatchCollate
+    eval_collate: PaddedBatchCollate
+
+    @property
+    def module(self) -> torch.nn.Module:
+        model = self.model
+        return model.module if isinstance(model, DistributedDataParallel) else model
+
+    @property
+    def local_mode(self) -> bool:
+        return self.config.num_workers == 0
+
+    def autocast(self):
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+
+
+def _start(config: TrainConfig) -> _Run:
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    metadata = read_dataset_json(config.features)
+    model_config = model_config_for(config, metadata)
+    torch.manual_seed(config.seed)  # identical initial weights on every worker
+    model = build_model(model_config)
+    if config.num_workers == 0:
+        use_cuda = config.use_gpu and torch.cuda.is_available()
+        device = torch.device("cuda" if use_cuda else "cpu")
+        model = model.to(device)
+    else:
+        device = ray.train.torch.get_device()
+        unused = config.strategy == "multistage"  # a stage's loss leaves other heads out
+        model = ray.train.torch.prepare_model(
+            model, parallel_strategy_kwargs={"find_unused_parameters": unused}
+        )
+    cap = model_config.max_positions if model_config.backbone == "vilt" else None
+    common = dict(task=model_config.task, num_classes=model_config.num_classes, max_length=cap)
+    return _Run(
+        config=config,
+        model_config=model_config,
+        metadata=metadata,
+        model=model,
+        device=device,
+        rank=rank,
+        world_size=world_size,
+        train_collate=PaddedBatchCollate(
+            visual_dim=model_config.visual_dim, semantic_dim=model_config.semantic_dim, **common
+        ),
+        eval_collate=PaddedBatchCollate(visual_dim=model_config.visual_dim, **common),
+    )
+
+
+def _optimizer(run: _Run, stage: int | None, state: dict | None):
+    module = run.module
+    if stage is None:
+        parameters = [p for p in module.parameters() if p.requires_grad]
+    else:
+        stages = (1, 2) if stage == 2 else (stage,)
+        parameters = [p for s in stages for p in module.stage_parameters(s)]
+    optimizer = torch.optim.Adam(parameters, lr=run.config.lr, weight_decay=run.config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, run.config.lr_step, gamma=LR_DECAY)
+    if state is not None and "optimizer" in state and state["stage"] == stage:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    return optimizer, scheduler
+
+
+def _train_epoch(run: _Run, optimizer, stage: int | None, epoch: int) -> tuple[dict, int]:
+    run.model.train()
+    torch.manual_seed(run.config.seed + 7919 * epoch + run.rank)  # dropout, resumable
+    local_batch = max(run.config.batch_size // max(run.world_size, 1), 1)
+    batches = ray.train.get_dataset_shard("train").iter_torch_batches(
+        batch_size=local_batch,
+        collate_fn=run.train_collate,
+        local_shuffle_buffer_size=max(8 * local_batch, 256),
+        local_shuffle_seed=run.config.seed * 100003 + epoch * 101 + run.rank,
+        pin_memory=run.device.type == "cuda",
+    )
+    weights = run.config.loss_weights(epoch)
+    sums: dict[str, float] = defaultdict(float)
+    rows = 0
+    for batch in batches:
+        batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
+        semantic = batch.get("semantic") if run.module.semantic_backbone is not None else None
+        mask = batch.get("semantic_mask") if semantic is not None else None
+        with run.autocast():
+            output = run.model(batch["visual"], batch["visual_mask"], semantic, mask)
+        output = _float_output(output)  # losses in float32 (bf16 forward on GPU)
+        has_semantic = mask.any(dim=1) if mask is not None else None
+        output, labels, has_semantic = gather_batch(output, batch["labels"], has_semantic)
+        terms = batch_losses(output, labels, has_semantic, run.model_config, weights, stage)
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        optimizer.step()
+        rows += labels.shape[0]
+        for name, value in terms.items():
+            sums[name] += float(value.detach()) * labels.shape[0]
+    return {name: total / max(rows, 1) for name, total in sums.items()}, rows
+
+
+def evaluate(run: _Run, name: str) -> tuple[dict[str, float], int]:
+    """Visual-only metrics of the whole dataset ``name`` (rank 0; {} when it has no rows)."""
+    module = run.module
+    module.eval()
+    logits, labels = [], []
+    batches = ray.train.get_dataset_shard(name).iter_torch_batches(
+        batch_size=run.config.batch_size, collate_fn=run.eval_collate
+    )
+    with torch.no_grad():
+        for batch in batches:
+            visual = batch["visual"].to(run.device, non_blocking=True)
+            mask = batch["visual_mask"].to(run.device, non_blocking=True)
+            with run.autocast():
+                logits.append(module.predict(visual, mask).float().cpu().numpy())
+            labels.append(batch["labels"].cpu().numpy())
+    if not logits:
+        return {}, 0
+    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    return classification_metrics(logits, labels, run.model_config.task), len(labels)
+
+
+def _maybe_fail(config: TrainConfig, epoch: int, rank: int) -> None:
+    """Failure injection for tests: raise once per run directory, on rank 0."""
+    if config.fail_at_epoch != epoch or rank != 0:
+        return
+    marker = Path(config.out) / ".injected_failure"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    raise RuntimeError(f"injected failure at epoch {epoch} (fail_at_epoch, first attempt)")
+
+
+def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
+    """The training function of every Ray Train worker (and of local mode).
+
+    Returns the final split metrics, row counts, per-epoch history and resume count."""
+    run = _start(TrainConfig(**loop_config))
+    state = _restore(run)
+    plan = stage_plan(run.config, run.model_config)
+    optimizer = scheduler = None
+    for epoch in range(state["next_epoch"], run.config.epochs):
+        _maybe_fail(run.config, epoch, run.rank)
+        stage = plan[epoch]
+        if optimizer is None or (epoch > 0 and plan[epoch - 1] != stage):
+            optimizer, scheduler = _optimizer(run, stage, state if optimizer is None else None)
+        started = time.time()
+        lr = optimizer.param_groups[0]["lr"]
+        losses, rows = _train_epoch(run, optimizer, stage, epoch)
+        scheduler.step()
+        val = evaluate(run, "val")[0] if run.rank == 0 else {}
+        entry = dict(epoch=epoch, stage=stage or "end2end", lr=lr, rows=rows, train=losses, val=val)
+        entry["seconds"] = round(time.time() - started, 3)
+        state["history"].append(entry)
+        if run.rank == 0:
+            print(_progress_line(entry, run.config.epochs), flush=True)
+        train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        _report_epoch(run, state, {**train_state, "stage": stage}, entry)
+    splits, rows = {}, {}
+    if run.rank == 0:
+        for name, key in (("train", "train_eval"), ("val", "val"), ("test", "test")):
+            metrics, count = evaluate(run, key)
+            if count:
+                splits[name], rows[name] = metrics, count
+    final = {"epoch": run.config.epochs - 1, "final": True, "splits": splits}
+    ray.train.report(final)
+    # Rank 0's return value reaches the driver as Result.return_value.
+    return {**final, "rows": rows, "history": state["history"], "resumes": state["resumes"]}
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def _local_root(config: TrainConfig) -> Path:
+    return Path(config.out).resolve() / "train" / "local"
+
+
+def _checkpoint_info(run: _Run, epoch: int, state: dict) -> dict[str, Any]:
+    """Everything besides the weights that scoring needs: model config, classes, extractors."""
+    used = ["visual"] + ([run.config.semantic_modality] if run.config.semantic_modality else [])
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": epoch,
+        "model_config": run.model_config.to_dict(),
+        "task": run.model_config.task,
+        "class_names": list(run.metadata["class_names"]),
+        "dataset": run.metadata["name"],
+        "semantic": run.config.semantic_modality,
+        "modalities": {name: run.metadata["modalities"][name] for name in used},
+        "train_config": asdict(run.config),
+        "history": state["history"],
+        "resumes": state["resumes"],
+    }
+
+
+def _write_checkpoint(directory: Path, run: _Run, info: dict, train_state: dict) -> None:
+    weights = {k: v.detach().cpu().contiguous() for k, v in run.module.state_dict().items()}
+    save_file(weights, directory / CHECKPOINT_WEIGHTS)
+    (directory / CHECKPOINT_INFO).write_text(json.dumps(info, indent=2))
+    torch.save(train_state, directory / CHECKPOINT_TRAIN_STATE)
+
+
+def _report_epoch(run: _Run, state: dict, train_state: dict, entry: dict) -> None:
+    """ray.train.report per epoch; rank 0 attaches the checkpoint."""
+    metrics = {key: entry[key] for key in ("epoch", "lr", "rows", "train", "val")}
+    metrics["stage"] = str(entry["stage"])
+    if run.rank != 0:
+        ray.train.report(metrics)
+        return
+    info = _checkpoint_info(run, entry["epoch"], state)
+    name = f"checkpoint_epoch={entry['epoch']:04d}"
+    if not run.local_mode:
+        with tempfile.TemporaryDirectory() as directory:
+            _write_checkpoint(Path(directory), run, info, train_state)
+            checkpoint = Checkpoint.from_directory(directory)
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        return
+    root = _local_root(run.config)
+    staging = root / f".{name}.tmp-{uuid.uuid4().hex}"
+    staging.mkdir(parents=True)
+    _write_checkpoint(staging, run, info, train_state)
+    shutil.rmtree(root / name, ignore_errors=True)
+    staging.rename(root / name)  # whole checkpoints only, as Ray's storage would
+    for old in sorted(root.glob("checkpoint_epoch=*"))[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(root / name)))
+
+
+def _latest_local_checkpoint(config: TrainConfig) -> Checkpoint | None:
+    found = sorted(_local_root(config).glob("checkpoint_epoch=*"))
+    return Checkpoint.from_directory(str(found[-1])) if found else None
+
+
+def _latest_checkpoint(run: _Run) -> Checkpoint | None:
+    if run.local_mode:
+        return _latest_local_checkpoint(run.config)
+    return ray.train.get_checkpoint()
+
+
+def _restore(run: _Run) -> dict[str, Any]:
+    """Load the latest checkpoint into the model; the loop's state to continue from."""
+    state: dict[str, Any] = {"next_epoch": 0, "history": [], "resumes": 0}
+    checkpoint = _latest_checkpoint(run)
+    if checkpoint is None:
+        return state
+    with checkpoint.as_directory() as directory:
+        directory = Path(directory)
+        info = json.loads((directory / CHECKPOINT_INFO).read_text())
+        if info["model_config"] != run.model_config.to_dict():
+            raise ValueError(
+                f"{run.config.out} holds a checkpoint of another model config; "
+                "use a new out directory (or the original flags) to resume"
+            )
+        weights = load_file(directory / CHECKPOINT_WEIGHTS, device=str(run.device))
+        run.module.load_state_dict(weights)
+        train_state = torch.load(
+            directory / CHECKPOINT_TRAIN_STATE, map_location=run.device, weights_only=True
+        )
+    state.update(train_state)
+    state.update(next_epoch=info["epoch"] + 1, history=info["history"])
+    state["resumes"] = info["resumes"] + 1
+    if run.rank == 0:
+        print(f"resuming after epoch {info['epoch'] + 1} from {checkpoint.path}", flush=True)
+    return state
+
+
+def export_model(checkpoint: Checkpoint | str | Path, directory: str | Path) -> Path:
+    """Copy a checkpoint's weights and info to ``directory`` (replaced whole, atomically)."""
+    directory = Path(directory)
+    if not isinstance(checkpoint, Checkpoint):
+        checkpoint = Checkpoint.from_directory(str(checkpoint))
+    staging = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex}")
+    staging.mkdir(parents=True)
+    with checkpoint.as_directory() as source:
+        for name in (CHECKPOINT_WEIGHTS, CHECKPOINT_INFO):
+            shutil.copy2(Path(source) / name, staging / name)
+    previous = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex}")
+    if directory.exists():
+        directory.rename(previous)
+    staging.rename(directory)
+    shutil.rmtree(previous, ignore_errors=True)
+    return directory
+
+
+def load_checkpoint(
+    path: Checkpoint | str | Path, device: str = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(model in eval mode, info) from a checkpoint or an exported model directory.
+
+    ``info`` holds model_config, task, class_names, modalities (dims and extractor configs
+    from dataset.json), train_config, epoch and history.
+    """
+    checkpoint = path if isinstance(path, Checkpoint) else Checkpoint.from_directory(str(path))
+    with checkpoint.as_directory() as directory:
+        info = json.loads((Path(directory) / CHECKPOINT_INFO).read_text())
+        weights = load_file(Path(directory) / CHECKPOINT_WEIGHTS, device=device)
+    model = build_model(CRIFConfig.from_dict(info["model_config"]))
+    model.load_state_dict(weights)
+    return model.to(device).eval(), info
+
+
+def _progress_line(entry: dict[str, Any], epochs: int) -> str:
+    losses = " ".join(f"{k} {v:.4f}" for k, v in entry["train"].items() if k != "total")
+    val = " ".join(f"{k} {v:.3f}" for k, v in entry["val"].items())
+    return (
+        f"epoch {entry['epoch'] + 1}/{epochs} [{entry['stage']}] lr {entry['lr']:.1e} "
+        f"loss {entry['train'].get('total', float('nan')):.4f} ({losses}) | val {val or '-'} "
+        f"| {entry['rows']} rows {entry['seconds']:.1f}s"
+    )
+
+
+def metrics_document(
+    config: TrainConfig, final: dict[str, Any], store: StoreSplits
+) -> dict[str, Any]:
+    """The RUN_DIR/metrics.json document from the loop's final report."""
+    return {
+        "task": store.task,
+        "splits": final["splits"],
+        "history": final["history"],
+        "config": asdict(config),
+        "model_config": model_config_for(config, store.metadata).to_dict(),
+        "data": {
+            "features": str(config.features),
+            "split_counts": store.split_counts,
+            "rows_scored": final["rows"],
+            "val_held_out_from_train": store.holdout,
+            "files_without_semantic": len(store.files_without_semantic),
+        },
+        "model": "model",  # RUN_DIR/model: the last epoch's checkpoint
+        "resumes": final["resumes"],
+    }
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    atomic_write_bytes(path, json.dumps(document, indent=2).encode())
+
+
+# ---------------------------------------------------------------------------- trainer
+
+
+def default_run_config(config: TrainConfig) -> RunConfig:
+    """Checkpoints under RUN_DIR/train; a re-run with the same ``out`` resumes there."""
+    return RunConfig(
+        storage_path=str(Path(config.out).resolve()),
+        name="train",
+        failure_config=FailureConfig(max_failures=config.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+    )
+
+
+def build_trainer(
+    config: TrainConfig,
+    *,
+    datasets: dict[str, Any] | None = None,
+    run_config: RunConfig | None = None,
+) -> TorchTrainer:
+    """THE TorchTrainer of the project (jobs/train.py, the benchmark and tuning use it).
+
+    ``datasets`` defaults to the store's splits (``pipeline.data``); ``run_config`` defaults
+    to ``default_run_config`` (Tune passes its own storage path and name).
+    """
+    config = config.resolved()
+    if datasets is None:
+        datasets = build_datasets(inspect_store(config.features, config.semantic_modality))
+    resources = {"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})}
+    return TorchTrainer(
+        train_loop,
+        train_loop_config=asdict(config),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.num_workers,
+            use_gpu=config.use_gpu,
+            resources_per_worker=resources,
+        ),
+        run_config=run_config or default_run_config(config),
+        datasets={**datasets, "train_eval": datasets["train"]},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def run_training(config: TrainConfig) -> dict[str, Any]:
+    """The whole job: train, export RUN_DIR/model, write metrics.json and the curves."""
+    from pipeline.plots import plot_learning_curves
+
+    config = config.resolved()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = inspect_store(config.features, config.semantic_modality)
+    if store.holdout:
+        print(f"{config.features}: no val split; holding out 1 in 10 train videos as val")
+    result = build_trainer(config, datasets=build_datasets(store)).fit()
+    # Local mode's result carries the last report's checkpoint: the final report has none.
+    checkpoint = result.checkpoint or _latest_local_checkpoint(config)
+    model_dir = export_model(checkpoint, out / "model")
+    document = metrics_document(config, result.return_value, store)
+    _write_json(out / "metrics.json", document)
+    plot_learning_curves(document["history"], out / "learning_curves.png")
+    return {
+        "out": str(out),
+        "model": str(model_dir),
+        "metrics_path": str(out / "metrics.json"),
+        "metrics": document,
+    }

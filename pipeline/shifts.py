@@ -164,10 +164,13 @@ def resolution(frames: np.ndarray, scale: float) -> np.ndarray:
     return _to_uint8(images.permute(0, 2, 3, 1).numpy())
 
 
-def h264(frames: np.ndarray, bitrate: float, fps: float = 15.0) -> np.ndarray:
-    """Re-encode as H.264 (yuv420p) at ``bitrate`` bit/s and decode back, all in memory."""
+def h264(frames: np.ndarray, kilobits: float, fps: float = 15.0) -> np.ndarray:
+    """Re-encode as H.264 (yuv420p) at ``kilobits`` kbit/s and decode back, all in memory.
+
+    The rate control assumes ``fps`` frames per second (S3D samples clips at 15 fps).
+    """
     _check(frames)
-    if bitrate <= 0:
+    if kilobits <= 0:
         return frames.copy()
     import av
 
@@ -176,7 +179,7 @@ def h264(frames: np.ndarray, bitrate: float, fps: float = 15.0) -> np.ndarray:
     encoder = av.CodecContext.create("libx264", "w")
     encoder.width, encoder.height, encoder.pix_fmt = padded.shape[2], padded.shape[1], "yuv420p"
     rate = fractions.Fraction(fps).limit_denominator(1001)
-    encoder.time_base, encoder.framerate, encoder.bit_rate = 1 / rate, rate, int(bitrate)
+    encoder.time_base, encoder.framerate, encoder.bit_rate = 1 / rate, rate, int(kilobits * 1000)
     # one thread and no lookahead: the same bytes for the same frames, on any machine
     encoder.options = {"preset": "ultrafast", "tune": "zerolatency", "threads": "1"}
     packets = []
@@ -211,20 +214,20 @@ class Shift:
 
     function: Callable[..., np.ndarray]
     levels: tuple[float, float, float]
-    unit: str
+    setting: str  # the parameter in words: setting.format(parameter)
     random: bool = False  # takes the random generator as a third argument
 
 
 SHIFTS: dict[str, Shift] = {
-    "underexposure": Shift(exposure, (-1.0, -2.0, -3.0), "stops"),
-    "overexposure": Shift(exposure, (0.75, 1.5, 2.25), "stops"),
-    "contrast": Shift(contrast, (0.6, 0.4, 0.2), "x contrast"),
-    "color_temperature": Shift(color_temperature, (0.33, 0.67, 1.0), "warmth"),
-    "blur": Shift(gaussian_blur, (1.0, 2.0, 4.0), "sigma px"),
-    "noise": Shift(sensor_noise, (8.0, 16.0, 32.0), "std /255", random=True),
-    "resolution": Shift(resolution, (0.5, 0.25, 0.125), "x size"),
-    "h264": Shift(h264, (300e3, 100e3, 30e3), "bit/s"),
-    "frame_rate": Shift(frame_rate, (2, 3, 5), "1/x fps"),
+    "underexposure": Shift(exposure, (-1.0, -2.0, -3.0), "{:+g} EV"),
+    "overexposure": Shift(exposure, (0.75, 1.5, 2.25), "{:+g} EV"),
+    "contrast": Shift(contrast, (0.6, 0.4, 0.2), "contrast x{:g}"),
+    "color_temperature": Shift(color_temperature, (0.33, 0.67, 1.0), "warm cast {:g}"),
+    "blur": Shift(gaussian_blur, (1.0, 2.0, 4.0), "sigma {:g} px"),
+    "noise": Shift(sensor_noise, (8.0, 16.0, 32.0), "std {:g}/255", random=True),
+    "resolution": Shift(resolution, (0.5, 0.25, 0.125), "{:g}x resolution"),
+    "h264": Shift(h264, (300.0, 100.0, 30.0), "{:g} kbit/s"),
+    "frame_rate": Shift(frame_rate, (2, 3, 5), "fps / {:g}"),
 }
 
 

@@ -93,7 +93,7 @@ def test_shift_clip_is_deterministic_per_video_and_clip(name):
 
 def test_h264_changes_pixels_but_keeps_shape_even_for_odd_sizes():
     odd = textured_clip(frames=5, size=64)[:, :63, :61]
-    out = h264(odd, 50e3)
+    out = h264(odd, 50.0)
     assert out.shape == odd.shape and out.dtype == np.uint8
     assert np.abs(out.astype(np.int16) - odd).mean() > 0
 

@@ -120,7 +120,7 @@ def _load_models(config: RobustnessConfig) -> list[_Model]:
         directory = resolve_model_dir(run)
         info = json.loads((directory / "checkpoint.json").read_text())
         if info.get("task", "single_label") != "single_label":
-            raise ValueError(f"{run}: robustness reports single-label accuracy; model is {info}")
+            raise ValueError(f"{run}: robustness reports single-label accuracy, not {info['task']}")
         name = base = Path(run).resolve().name
         suffix = 1
         while name in names:
@@ -168,6 +168,7 @@ def _features(config, description, shift, rows, out: Path, metadata, use_gpu) ->
         except ValueError:
             pass  # another S3D set-up: extract the clean features too
     directory = out / "_features" / _setup_key(description) / _condition_name(shift)
+    print(f"[robustness] features: {directory.parent.name} {directory.name}", flush=True)
     files, _ = extract_visual(
         description,
         rows,
@@ -186,7 +187,8 @@ def _selector(table, condition: str, wanted: frozenset, done: frozenset):
 
     keys = [f"{condition}/{video_id}" for video_id in table.column("video_id").to_pylist()]
     keep = [key.partition("/")[2] in wanted and key not in done for key in keys]
-    table = table.set_column(0, "video_id", pa.array(keys, pa.string()))
+    index = table.schema.get_field_index("video_id")
+    table = table.set_column(index, "video_id", pa.array(keys, pa.string()))
     return table.filter(pa.array(keep, pa.bool_()))
 
 
@@ -258,6 +260,10 @@ def run_robustness(config: RobustnessConfig) -> dict:
     models = _load_models(config)
     rows, class_names, metadata = _test_rows(config)
     labels = {row.video_id: row.label for row in rows}
+    for model in models:  # predictions are compared with the labels by class name
+        unknown = {class_names[label] for label in labels.values()} - set(model.class_names)
+        if unknown:
+            raise ValueError(f"{model.directory}: the model has no class {sorted(unknown)}")
     use_gpu = (
         ray.cluster_resources().get("GPU", 0) > 0 if config.use_gpu is None else config.use_gpu
     )
@@ -292,7 +298,7 @@ def _result(model: _Model, shift: dict | None, acc1, acc5, failed, videos) -> di
         "shift": name,
         "severity": severity,
         "parameter": parameter,
-        "unit": None if shift is None else SHIFTS[name].unit,
+        "setting": "-" if shift is None else SHIFTS[name].setting.format(parameter),
         "acc1": acc1,
         "acc5": acc5,
         "videos": videos,
@@ -341,12 +347,6 @@ def summarize(results: list[dict]) -> dict[str, dict]:
     return summary
 
 
-def _setting(result: dict) -> str:
-    if result["shift"] == CLEAN:
-        return "-"
-    return f"{result['parameter']:g} {result['unit']}"
-
-
 def robustness_markdown(results: list[dict], summary: dict[str, dict]) -> str:
     """Two Markdown tables: top-1 (drop from clean) per shift and severity, then per model."""
     models = list(summary)
@@ -357,7 +357,7 @@ def robustness_markdown(results: list[dict], summary: dict[str, dict]) -> str:
     by_condition: dict[tuple, dict] = {}
     for result in results:
         key = (result["shift"], result["severity"])
-        by_condition.setdefault(key, {"setting": _setting(result)})[result["model"]] = result
+        by_condition.setdefault(key, {"setting": result["setting"]})[result["model"]] = result
     for (shift, severity), cells in by_condition.items():
         values = []
         for model in models:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +28,14 @@ def fake_results(models=("baseline", "full"), shifts=("blur", "noise")) -> list[
     for offset, model in enumerate(models):
         base = {"model": model, "ablation": model, "acc5": 1.0, "videos": 10, "failed": 0}
         results.append({**base, "shift": "clean", "severity": 0, "parameter": None,
-                        "unit": None, "acc1": 0.8 + 0.1 * offset})  # fmt: skip
+                        "setting": "-", "acc1": 0.8 + 0.1 * offset})  # fmt: skip
         for shift in shifts:
             for severity in SEVERITIES:
                 parameter = SHIFTS[shift].levels[severity - 1]
                 acc1 = 0.8 + 0.1 * offset - 0.1 * severity / (1 + offset)
                 results.append({**base, "shift": shift, "severity": severity, "acc1": acc1,
-                                "parameter": parameter, "unit": SHIFTS[shift].unit})  # fmt: skip
+                                "parameter": parameter,
+                                "setting": SHIFTS[shift].setting.format(parameter)})  # fmt: skip
     return results
 
 
@@ -52,7 +54,7 @@ def test_report_has_one_row_per_shift_and_severity(tmp_path):
         (shift, severity) for shift in ("blur", "noise") for severity in SEVERITIES
     ]
     assert "| clean | 0 | - | 0.800 | 0.900 |" in markdown
-    assert "| blur | 2 | 2 sigma px | 0.600 (-0.200) | 0.800 (-0.100) |" in markdown
+    assert "| blur | 2 | sigma 2 px | 0.600 (-0.200) | 0.800 (-0.100) |" in markdown
     assert "| baseline | baseline | 0.800 | 0.600 | 25.0% |" in markdown
     path = plot_robustness(results, tmp_path / "robustness.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -102,6 +104,7 @@ def write_tiny_model(directory: Path, ablation: str, seed: int) -> Path:
     return directory
 
 
+@pytest.mark.slow
 def test_tiny_run_shares_features_and_resumes(ray_session, tmp_path):
     from pipeline.synthetic import SyntheticConfig, generate_synthetic_dataset
 
@@ -110,8 +113,9 @@ def test_tiny_run_shares_features_and_resumes(ray_session, tmp_path):
         SyntheticConfig(num_videos=5, num_classes=2, duration=1.0, width=64, height=48,
                         test_fraction=0.4, val_fraction=0.0, audio=False, seed=2),
     )  # fmt: skip
-    models = (write_tiny_model(tmp_path / "baseline", "baseline", 0),
-              write_tiny_model(tmp_path / "full", "full", 1))  # fmt: skip
+    baseline = write_tiny_model(tmp_path / "baseline", "baseline", 0)
+    # a second run with the same weights: features and predictions are computed once
+    models = (baseline, shutil.copytree(baseline, tmp_path / "again"))
     config = RobustnessConfig(
         models=tuple(str(m) for m in models),
         videos=data["videos"],
@@ -126,9 +130,14 @@ def test_tiny_run_shares_features_and_resumes(ray_session, tmp_path):
     assert len(document["results"]) == 2 * 2  # 2 models x (clean + noise at severity 3)
     assert {r["videos"] for r in document["results"]} == {2}
     assert all(r["failed"] == 0 for r in document["results"])
-    assert set(summary["summary"]) == {"baseline", "full"}
+    assert set(summary["summary"]) == {"baseline", "again"}
+    by_model = [
+        [r["acc1"] for r in document["results"] if r["model"] == m] for m in summary["summary"]
+    ]
+    assert by_model[0] == by_model[1]
     markdown = (out / "robustness.md").read_text()
-    assert "| clean | 0 |" in markdown and "| noise | 3 | 32 std /255 |" in markdown
+    assert "| clean | 0 |" in markdown and "| noise | 3 | std 32/255 |" in markdown
+    assert len(list((out / "_predictions").iterdir())) == 1  # one model id
     # one feature directory per condition, shared by both models (same S3D set-up)
     (setup,) = (out / "_features").iterdir()
     assert sorted(p.name for p in setup.iterdir()) == ["clean", "noise-s3-seed0"]

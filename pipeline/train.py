@@ -693,8 +693,11 @@ def build_trainer(
     )
 
 
-def run_training(config: TrainConfig) -> dict[str, Any]:
-    """The whole job: train, export RUN_DIR/model, write metrics.json and the curves."""
+def run_training(config: TrainConfig, *, datasets: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole job: train, export RUN_DIR/model, write metrics.json and the curves.
+
+    ``datasets`` defaults to the store's splits; a caller that trains many models on one
+    store (the experiment grids) passes them read once (``Dataset.materialize``)."""
     from pipeline.plots import plot_learning_curves
 
     config = config.resolved()
@@ -703,7 +706,9 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     store = inspect_store(config.features, config.semantic_modality)
     if store.holdout:
         print(f"{config.features}: no val split; holding out 1 in 10 train videos as val")
-    result = build_trainer(config, datasets=build_datasets(store)).fit()
+    if datasets is None:
+        datasets = build_datasets(store)
+    result = build_trainer(config, datasets=datasets).fit()
     # Local mode's result carries the last report's checkpoint: the final report has none.
     checkpoint = result.checkpoint or _latest_local_checkpoint(config)
     model_dir = export_model(checkpoint, out / "model")

@@ -1,0 +1,476 @@
+"""Ray Tune sweeps of the CRIF loss weights and learning rate (Train V2 inside Tune trials).
+
+    summary = run_sweep(SweepConfig(features="outputs/features", out="outputs/tune"))
+    python jobs/tune.py --features outputs/features --out outputs/tune --num-samples 16
+
+- A trial is a Tune function that builds its TorchTrainer with ``train.build_trainer`` (the
+  project's only builder): storage ``OUT/trials/<trial id>``, name ``train`` (stable, so a
+  restarted trial resumes its Train run) and :class:`TuneEpochReport`, which forwards every
+  ``ray.train.report`` of the loop to Tune with the metric (``val/acc1``) in each result.
+- ASHA on ``epoch`` (``stop_last_trials=False``: a trial at the last epoch still sends its
+  final scores) and seeded random search by default; Optuna if asked for and installed.
+- Resources are explicit: ``trial_cpus`` for the trial (the Train driver), 0 CPU for the
+  Train V2 controller (fixed by Ray), ``cpus_per_worker`` per worker in Train's own placement
+  group, and ``data_cpus`` left free for Ray Data's read tasks (trials that could take them
+  all stall, so that set-up is refused). ``max_concurrent_trials = (CPUs - data_cpus) //
+  (trial + workers)``, capped by GPUs.
+- Re-running with the same ``out`` restores the sweep (``Tuner.restore``).
+- Local mode (``num_workers=0``) cannot run in a Tune trial's own process (Ray 2.60 refuses
+  ``ray.train.get_context`` in a Tune function), so :func:`train_in_task` runs it in a child
+  task inside the trial's placement group (the grids); the sweep needs workers, which report
+  every epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray import tune
+from ray.train import CheckpointConfig, FailureConfig, RunConfig
+from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from pipeline.data import build_datasets, inspect_store
+from pipeline.store import atomic_write_bytes, list_parquet_files, read_dataset_json
+from pipeline.train import TrainConfig, build_trainer, export_model, metrics_document
+
+__all__ = [
+    "DEFAULT_SPACE",
+    "ReleaseWorkerGroups",
+    "SweepConfig",
+    "TuneEpochReport",
+    "concurrent_trials",
+    "fit_or_restore",
+    "load_space_file",
+    "local_path",
+    "parse_param",
+    "prepare_datasets",
+    "release_placement_groups",
+    "run_sweep",
+    "search_space",
+    "train_in_task",
+    "trial_resources",
+]
+
+# The paper's ranges (section III-E): alpha in [0.1, 2.0], beta, gamma in {0.1, 0.2, 0.5, 1}.
+DEFAULT_SPACE: dict[str, Any] = {
+    "alpha_sim": {"uniform": [0.1, 2.0]},
+    "alpha_align": {"uniform": [0.1, 2.0]},
+    "beta": {"choice": [0.1, 0.2, 0.5, 1.0]},
+    "gamma": {"choice": [0.1, 0.2, 0.5, 1.0]},
+    "lr": {"loguniform": [5e-5, 5e-3]},
+}
+SAMPLERS = {
+    "uniform": tune.uniform,
+    "loguniform": tune.loguniform,
+    "choice": lambda *values: tune.choice(list(values)),
+    "grid": lambda *values: tune.grid_search(list(values)),
+}
+PLACEMENT_GROUPS = "placement_groups.txt"  # a trial's Train worker groups, one id a line
+MATERIALIZE_BYTES = 1 << 30  # stores smaller than this are read once for all trials
+TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig)) - {"features", "out", "address"}
+KEEP_CHECKPOINTS = 2
+
+
+def local_path(path: str) -> str:
+    """Absolute for local paths (trials and workers run in their own directories); URIs as is."""
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def _scalar(text: str) -> Any:
+    """A number when it reads as one (YAML 1.1 would keep '1e-4' a string), else YAML."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``lr=loguniform:1e-4:1e-2``, ``beta=choice:0.5,1.0`` or ``gamma=0.5`` -> (name, spec)."""
+    name, _, value = text.partition("=")
+    if not value:
+        raise ValueError(f"expected NAME=SPEC, got {text!r}")
+    kind, _, arguments = value.partition(":")
+    if kind not in SAMPLERS:
+        return name.strip(), _scalar(value)  # a fixed value
+    separator = "," if kind in ("choice", "grid") else ":"
+    return name.strip(), {kind: [_scalar(v) for v in arguments.split(separator)]}
+
+
+def load_space_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(space, train) from YAML ``{space: {name: {uniform: [lo, hi]} | value}, train: {...}}``."""
+    document = yaml.safe_load(Path(path).read_text()) or {}
+    unknown = set(document) - {"space", "train"}
+    if unknown:
+        raise ValueError(f"{path}: unknown sections {sorted(unknown)} (space, train)")
+    return dict(document.get("space") or {}), dict(document.get("train") or {})
+
+
+def search_space(spec: dict[str, Any]) -> dict[str, Any]:
+    """Tune domains from a JSON-able spec; unknown names or samplers are refused."""
+    space = {}
+    for name, value in spec.items():
+        if name not in TRAIN_FIELDS:
+            raise ValueError(f"{name!r} is not a TrainConfig field")
+        if isinstance(value, dict):
+            (kind, arguments), *rest = value.items()
+            if rest or kind not in SAMPLERS:
+                raise ValueError(f"{name}: expected one of {sorted(SAMPLERS)}, got {value!r}")
+            value = SAMPLERS[kind](*arguments)
+        space[name] = value
+    return space
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A sweep; ``jobs/tune.py`` maps its flags onto these fields."""
+
+    features: str
+    out: str
+    num_samples: int = 16
+    space: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SPACE))
+    train: dict[str, Any] = field(default_factory=dict)  # fixed TrainConfig fields of all trials
+    scheduler: str = "asha"  # or "fifo"
+    grace_period: int = 1  # epochs before ASHA may stop a trial
+    reduction_factor: int = 2
+    searcher: str = "random"  # or "optuna" (needs the optuna package)
+    metric: str | None = None  # default: val/acc1 (single-label), val/precision@1 (multi-label)
+    trial_cpus: float = 0.25  # the trial's own process (the Train driver)
+    data_cpus: float = 1.0  # kept free for Ray Data's read tasks
+    max_concurrent_trials: int | None = None  # None: derived from the cluster's resources
+    materialize: bool | None = None  # read the store once for all trials; None: if < 1 GiB
+    top_trials: int = 5  # learning curves drawn
+    seed: int = 0  # of the random search
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in ("asha", "fifo") or self.searcher not in ("random", "optuna"):
+            raise ValueError("scheduler must be asha|fifo and searcher random|optuna")
+        unknown = set(self.train) - TRAIN_FIELDS
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields in train: {sorted(unknown)}")
+        search_space(self.space)  # validates the spec
+        if self.base_config().num_workers < 1:
+            raise ValueError("sweeps need num_workers >= 1: local mode reports no epochs to Tune")
+
+    def base_config(self, **overrides: Any) -> TrainConfig:
+        return TrainConfig(
+            **{"features": self.features, "out": self.out, **self.train, **overrides}
+        )
+
+    def objective(self) -> str:
+        task = read_dataset_json(self.features)["task"]
+        return self.metric or ("val/acc1" if task == "single_label" else "val/precision@1")
+
+
+# ---------------------------------------------------------------------------- resources
+
+
+def trial_resources(config: TrainConfig, trial_cpus: float) -> tune.PlacementGroupFactory:
+    """The trial's placement group: the driver's bundle, plus the run's own in local mode."""
+    bundles = [{"CPU": trial_cpus}]
+    if config.num_workers == 0:  # train_in_task runs the loop in a child task of this group
+        bundles.append({"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})})
+    return tune.PlacementGroupFactory(bundles)
+
+
+def concurrent_trials(
+    config: TrainConfig, trial_cpus: float, data_cpus: float, cluster: dict[str, float]
+) -> int:
+    """How many trials fit at once next to ``data_cpus`` (refused when not even one does)."""
+    workers = max(config.num_workers, 1)
+    per_trial = trial_cpus + workers * config.cpus_per_worker
+    usable = cluster.get("CPU", 0.0) - data_cpus
+    if usable + 1e-9 < per_trial:
+        raise ValueError(
+            f"a trial needs {per_trial:g} CPU (trial {trial_cpus:g} + {workers} x "
+            f"{config.cpus_per_worker:g}) and Ray Data {data_cpus:g}, but the cluster has "
+            f"{cluster.get('CPU', 0.0):g}; lower cpus_per_worker or trial_cpus"
+        )
+    count = math.floor(usable / per_trial + 1e-9)
+    if config.use_gpu:
+        count = min(count, int(cluster.get("GPU", 0.0) // workers))
+        if count < 1:
+            raise ValueError(f"a trial needs {workers} GPUs; the cluster has too few")
+    return count
+
+
+def prepare_datasets(features: str, semantic: str | None, materialize: bool | None):
+    """The store's splits read once (``Dataset.materialize``) for every trial to share, or
+    None (each run reads the store itself). Without it, every epoch of every trial re-runs
+    the Parquet reads, whose task start-up dominates small runs."""
+    if materialize is None:
+        size = sum(Path(path).stat().st_size for path in list_parquet_files(features))
+        materialize = size < MATERIALIZE_BYTES
+    if not materialize:
+        return None
+    datasets = build_datasets(inspect_store(features, semantic))
+    return {name: dataset.materialize() for name, dataset in datasets.items()}
+
+
+# ---------------------------------------------------------------------------- trials
+
+
+class TuneEpochReport(TuneReportCallback):
+    """Train -> Tune, one result per ``ray.train.report`` of the train loop (on the controller).
+
+    Epoch reports become ``{epoch (1-based), val/<metric>, train_loss, lr}``; the loop's final
+    report becomes ``{final: True, val/..., test/..., train/...}`` from its whole-split scores.
+    """
+
+    def after_report(self, run_context, metrics, checkpoint):
+        report = metrics[0]
+        if report.get("final"):
+            splits = report["splits"]
+            result = {"epoch": report["epoch"] + 1, "final": True}
+            result.update(val=splits.get("val", {}), test=splits.get("test", {}))
+            result["train"] = splits.get("train", {})
+        else:
+            result = {"epoch": report["epoch"] + 1, "final": False, "val": report["val"]}
+            result.update(train_loss=report["train"].get("total"), lr=report["lr"])
+        super().after_report(run_context, [result], checkpoint)
+
+
+class _RecordWorkerGroup(WorkerGroupCallback):
+    """Train side (on the controller): note each worker group's placement group in a file."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def after_worker_group_start(self, worker_group) -> None:
+        state = worker_group.get_worker_group_state()
+        with open(self.path, "a") as handle:
+            handle.write(state.placement_group_handle.placement_group.id.hex() + "\n")
+
+
+class ReleaseWorkerGroups(tune.Callback):
+    """Driver side: remove the worker placement groups of trials that have ended.
+
+    When Tune stops a trial (ASHA), its Train controller dies with the trial's process, and
+    Ray 2.60 leaves the workers' placement group to a detached PlacementGroupCleaner that
+    needs the state API (a dashboard, one Ray instance per machine); without it the group
+    holds its CPUs until the driver exits and later trials starve. ``grace_s`` after a trial
+    ends (its controller is gone by then), its recorded groups are removed; they are checked
+    again until ``settle_s`` in case a dying controller started one more.
+    """
+
+    def __init__(self, root: str, grace_s: float = 5.0, settle_s: float = 120.0):
+        self.root, self.grace_s, self.settle_s = root, grace_s, settle_s
+        self._ended: dict[str, float] = {}
+        self._last_check = 0.0
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        now = time.monotonic()
+        if now - self._last_check < 2.0:
+            return
+        self._last_check = now
+        for trial in trials:
+            if trial.status not in ("TERMINATED", "ERROR"):  # pending, running, or retried
+                self._ended.pop(trial.trial_id, None)
+                continue
+            ended = self._ended.setdefault(trial.trial_id, now)
+            if self.grace_s <= now - ended <= self.settle_s:
+                release_placement_groups(self._groups(trial))
+
+    def on_experiment_end(self, trials, **info) -> None:
+        time.sleep(self.grace_s)
+        for trial in trials:
+            release_placement_groups(self._groups(trial))
+
+    def _groups(self, trial) -> Path:
+        return Path(self.root) / "trials" / trial.trial_id / PLACEMENT_GROUPS
+
+
+def release_placement_groups(path: Path) -> int:
+    """Remove the placement groups listed in ``path`` that still exist; how many were."""
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    removed = 0
+    for line in path.read_text().split() if path.is_file() else []:
+        group = PlacementGroup(PlacementGroupID.from_hex(line))
+        if ray.util.placement_group_table(group).get("state", "REMOVED") != "REMOVED":
+            remove_placement_group(group)
+            removed += 1
+    return removed
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    atomic_write_bytes(path, json.dumps(document, indent=2, default=str).encode())
+
+
+def _sweep_trial(
+    params: dict[str, Any], *, base: dict[str, Any], root: str, datasets: dict | None
+) -> None:
+    """One trial: build and fit the trainer, write the run's metrics.json (not its model)."""
+    run_dir = Path(root) / "trials" / tune.get_context().get_trial_id()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = TrainConfig(**{**base, **params, "out": str(run_dir)})
+    run_config = RunConfig(
+        storage_path=str(run_dir.resolve()),
+        name="train",  # stable: a restarted trial resumes its Train run
+        callbacks=[TuneEpochReport(), _RecordWorkerGroup(str(run_dir / PLACEMENT_GROUPS))],
+        failure_config=FailureConfig(max_failures=config.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+    )
+    result = build_trainer(config, datasets=datasets, run_config=run_config).fit()
+    store = inspect_store(config.features, config.semantic_modality)
+    document = metrics_document(config, result.return_value, store)
+    document["checkpoint"] = result.checkpoint.path
+    _write_json(run_dir / "metrics.json", document)
+
+
+def _run_training_task(loop_config: dict[str, Any], datasets: dict | None) -> dict[str, Any]:
+    from pipeline.train import TrainConfig, run_training
+
+    return run_training(TrainConfig(**loop_config), datasets=datasets)
+
+
+def train_in_task(config: TrainConfig, datasets: dict | None = None) -> dict[str, Any]:
+    """``run_training`` in a child task (captured by the trial's placement group)."""
+    import ray
+
+    task = ray.remote(_run_training_task).options(
+        num_cpus=config.cpus_per_worker, num_gpus=1 if config.use_gpu else 0, max_retries=0
+    )
+    return ray.get(task.remote(asdict(config), datasets))
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def fit_or_restore(
+    trainable, *, path: Path, param_space: dict, tune_config, run_config
+) -> tuple[tune.ResultGrid, bool]:
+    """``Tuner.restore`` when ``path`` holds an experiment, else a new one: (results, restored)."""
+    if tune.Tuner.can_restore(str(path)):
+        print(f"restoring the experiment in {path}", flush=True)
+        tuner = tune.Tuner.restore(
+            str(path), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+        return tuner.fit(), True
+    tuner = tune.Tuner(
+        trainable, param_space=param_space, tune_config=tune_config, run_config=run_config
+    )
+    return tuner.fit(), False
+
+
+# ---------------------------------------------------------------------------- the sweep
+
+
+def _search_algorithm(config: SweepConfig, concurrency: int):
+    """Random search (seeded) or Optuna, at most ``concurrency`` trials in flight."""
+    if config.searcher == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+
+            searcher = OptunaSearch(seed=config.seed)
+        except (ImportError, AssertionError) as error:  # Ray asserts optuna is importable
+            raise RuntimeError("searcher 'optuna' needs the optuna package installed") from error
+        return ConcurrencyLimiter(searcher, max_concurrent=concurrency)
+    from ray.tune.search import BasicVariantGenerator
+
+    # TuneConfig(max_concurrent_trials) is ignored for a search generator: limit it here.
+    return BasicVariantGenerator(max_concurrent=concurrency, random_state=config.seed)
+
+
+def _scheduler(config: SweepConfig, epochs: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if config.scheduler == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="epoch",
+        max_t=epochs,
+        grace_period=min(config.grace_period, epochs),
+        reduction_factor=config.reduction_factor,
+        stop_last_trials=False,  # a trial at the last epoch still sends its final scores
+    )
+
+
+def _export_best(rows: list[dict], out: Path, metric: str) -> dict[str, Any]:
+    """OUT/best: the best completed trial's last-epoch model, metrics.json and curves."""
+    from pipeline.plots import plot_learning_curves
+
+    completed = [row for row in rows if row["status"] == "completed" and row[metric] is not None]
+    if not completed:
+        raise RuntimeError(f"no trial of the sweep in {out} completed; see results.md")
+    best = max(completed, key=lambda row: row[metric])
+    document = json.loads((out / "trials" / best["trial"] / "metrics.json").read_text())
+    export_model(document.pop("checkpoint"), out / "best" / "model")
+    document.update(model="model", trial=best["trial"], objective={metric: best[metric]})
+    _write_json(out / "best" / "metrics.json", document)
+    plot_learning_curves(document["history"], out / "best" / "learning_curves.png")
+    return best
+
+
+def run_sweep(config: SweepConfig) -> dict[str, Any]:
+    """Run (or resume) the sweep; export the best model; write the table and the plots."""
+    import ray
+
+    from pipeline import report
+
+    out = Path(config.out).resolve()
+    base = config.base_config(out=str(out))
+    metric, epochs = config.objective(), base.epochs
+    concurrency = config.max_concurrent_trials or concurrent_trials(
+        base, config.trial_cpus, config.data_cpus, ray.cluster_resources()
+    )
+    fixed = {k: v for k, v in asdict(base).items() if k not in ("out", "address")}
+    datasets = prepare_datasets(base.features, base.semantic_modality, config.materialize)
+    trainable = tune.with_resources(
+        tune.with_parameters(_sweep_trial, base=fixed, root=str(out), datasets=datasets),
+        trial_resources(base, config.trial_cpus),
+    )
+    tune_config = tune.TuneConfig(
+        metric=metric,
+        mode="max",
+        scheduler=_scheduler(config, epochs),
+        search_alg=_search_algorithm(config, concurrency),
+        num_samples=config.num_samples,
+        trial_dirname_creator=_trial_dirname,
+    )
+    run_config = tune.RunConfig(
+        storage_path=str(out),
+        name="tune",
+        failure_config=tune.FailureConfig(max_failures=1),
+        callbacks=[ReleaseWorkerGroups(str(out))],
+    )
+    results, restored = fit_or_restore(
+        trainable,
+        path=out / "tune",
+        param_space=search_space(config.space),
+        tune_config=tune_config,
+        run_config=run_config,
+    )
+    rows = [report.trial_row(result, metric, list(config.space)) for result in results]
+    rows.sort(key=lambda row: (row["status"] != "completed", -(row[metric] or -1.0), row["trial"]))
+    report.write_table(rows, out / "results", title=f"Sweep of {len(rows)} trials, by {metric}")
+    best = _export_best(rows, out, metric)
+    report.plot_metric_vs_params(rows, list(config.space), metric, out / "plots" / "params.png")
+    report.plot_trial_curves(rows, metric, out / "plots" / "learning_curves.png", config.top_trials)
+    summary = {
+        "out": str(out),
+        "best": {k: v for k, v in best.items() if k != "history"},
+        "best_model": str(out / "best" / "model"),
+        "metric": metric,
+        "trials": len(rows),
+        "status": {s: sum(r["status"] == s for r in rows) for s in {r["status"] for r in rows}},
+        "restored": restored,
+        "max_concurrent_trials": concurrency,
+        "config": asdict(config),
+    }
+    _write_json(out / "summary.json", summary)
+    return summary

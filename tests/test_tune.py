@@ -1,0 +1,211 @@
+"""Tune sweeps: search space, resource sizing, Train -> Tune reports, and one real sweep that is
+killed, cleaned up, resumed with Tuner.restore and exported for scoring."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from pipeline import tune as tuning
+from pipeline.benchmark_data import BenchmarkData, generate_benchmark_store
+from pipeline.train import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_parse_param_forms():
+    assert tuning.parse_param("lr=loguniform:1e-4:1e-2") == ("lr", {"loguniform": [1e-4, 1e-2]})
+    assert tuning.parse_param("beta=choice:0.5,1.0") == ("beta", {"choice": [0.5, 1.0]})
+    assert tuning.parse_param("alpha_sim=uniform:0.1:2") == ("alpha_sim", {"uniform": [0.1, 2]})
+    assert tuning.parse_param("gamma=0.5") == ("gamma", 0.5)
+    assert tuning.parse_param("backbone=vilt") == ("backbone", "vilt")
+    with pytest.raises(ValueError, match="NAME=SPEC"):
+        tuning.parse_param("lr")
+
+
+def test_default_space_is_the_papers_ranges():
+    space = tuning.search_space(tuning.DEFAULT_SPACE)
+    assert set(space) == {"alpha_sim", "alpha_align", "beta", "gamma", "lr"}
+    for _ in range(50):
+        assert 0.1 <= space["alpha_sim"].sample() <= 2.0
+        assert 0.1 <= space["alpha_align"].sample() <= 2.0
+        assert space["beta"].sample() in (0.1, 0.2, 0.5, 1.0)
+        assert space["gamma"].sample() in (0.1, 0.2, 0.5, 1.0)
+        assert 5e-5 <= space["lr"].sample() <= 5e-3
+    assert tuning.search_space({"gamma": 0.5, "beta": {"grid": [0.1, 1.0]}})["gamma"] == 0.5
+    with pytest.raises(ValueError, match="not a TrainConfig field"):
+        tuning.search_space({"momentum": {"uniform": [0, 1]}})
+    with pytest.raises(ValueError, match="expected one of"):
+        tuning.search_space({"lr": {"normal": [0, 1]}})
+
+
+def test_space_file(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        "space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n  gamma: 0.2\ntrain:\n  epochs: 3\n"
+    )
+    space, train = tuning.load_space_file(path)
+    assert space == {"lr": {"loguniform": [1e-4, 1e-2]}, "gamma": 0.2} and train == {"epochs": 3}
+    path.write_text("spaces: {}\n")
+    with pytest.raises(ValueError, match="unknown sections"):
+        tuning.load_space_file(path)
+
+
+def test_sweep_config_validation(tmp_path):
+    with pytest.raises(ValueError, match="num_workers >= 1"):
+        tuning.SweepConfig(features="f", out="o", train={"num_workers": 0})
+    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+        tuning.SweepConfig(features="f", out="o", train={"wings": 2})
+    with pytest.raises(ValueError, match="scheduler"):
+        tuning.SweepConfig(features="f", out="o", scheduler="pbt")
+
+
+def test_concurrency_and_resources_are_derived_from_the_cluster():
+    small = TrainConfig(features="f", out="o", num_workers=1, cpus_per_worker=0.25)
+    # 2 CPUs, 1 kept for Ray Data: two trials of 0.25 (driver) + 0.25 (worker).
+    assert tuning.concurrent_trials(small, 0.25, 1.0, {"CPU": 2.0}) == 2
+    assert tuning.concurrent_trials(small, 0.25, 1.0, {"CPU": 16.0}) == 30
+    whole = TrainConfig(features="f", out="o", num_workers=1, cpus_per_worker=1.0)
+    with pytest.raises(ValueError, match="lower cpus_per_worker"):
+        tuning.concurrent_trials(whole, 0.25, 1.0, {"CPU": 2.0})  # the set-up that stalls
+    gpu = TrainConfig(features="f", out="o", num_workers=2, cpus_per_worker=4, use_gpu=True)
+    assert tuning.concurrent_trials(gpu, 1.0, 1.0, {"CPU": 64.0, "GPU": 4.0}) == 2
+    assert tuning.trial_resources(small, 0.25).bundles == [{"CPU": 0.25}]
+    local = TrainConfig(features="f", out="o", num_workers=0, cpus_per_worker=0.5)
+    assert tuning.trial_resources(local, 0.25).bundles == [{"CPU": 0.25}, {"CPU": 0.5}]
+
+
+class _Queue(list):
+    put = list.append
+
+
+def test_epoch_report_flattens_the_loops_reports():
+    callback = object.__new__(tuning.TuneEpochReport)  # __init__ needs a Tune session
+    callback._training_actor_item_queue = queue = _Queue()
+    epoch = {"epoch": 0, "lr": 1e-3, "rows": 8, "stage": "end2end"}
+    epoch.update(train={"total": 2.5, "L_class": 1.0}, val={"acc1": 0.25, "acc5": 1.0})
+    callback.after_report(None, [epoch, {**epoch, "val": {}}], None)
+    splits = {
+        name: {"acc1": value} for name, value in (("train", 0.9), ("val", 0.5), ("test", 0.4))
+    }
+    callback.after_report(None, [{"epoch": 1, "final": True, "splits": splits}], None)
+    first, last = queue
+    assert first == {"epoch": 1, "final": False, "val": epoch["val"], "train_loss": 2.5, "lr": 1e-3}
+    assert last["final"] and last["epoch"] == 2
+    assert last["val"] == {"acc1": 0.5} and last["test"] == {"acc1": 0.4}
+
+
+# ---------------------------------------------------------------------------- on Ray
+
+
+def test_release_worker_groups_removes_the_groups_of_ended_trials(ray_session, tmp_path):
+    from ray.util.placement_group import placement_group, placement_group_table
+
+    group = placement_group([{"CPU": 0.25}])
+    ray_session.get(group.ready(), timeout=120)
+    path = tmp_path / "trials" / "t1" / tuning.PLACEMENT_GROUPS
+    path.parent.mkdir(parents=True)
+    path.write_text(group.id.hex() + "\n")
+    callback = tuning.ReleaseWorkerGroups(str(tmp_path), grace_s=0.0)
+    callback.on_step_begin(0, [SimpleNamespace(trial_id="t1", status="RUNNING")])
+    assert placement_group_table(group)["state"] == "CREATED"  # a running trial keeps its group
+    callback._last_check = 0.0  # the callback looks at most every 2 s
+    callback.on_step_begin(1, [SimpleNamespace(trial_id="t1", status="TERMINATED")])
+    deadline = time.monotonic() + 60
+    while placement_group_table(group)["state"] != "REMOVED":
+        assert time.monotonic() < deadline, "the ended trial's group was not removed"
+        time.sleep(0.5)
+    assert tuning.release_placement_groups(path) == 0  # already gone: nothing to do
+
+
+# ---------------------------------------------------------------------------- a real sweep
+
+# A val split large enough that trials differ at the first epoch (ASHA stops the worse half).
+TINY = BenchmarkData(
+    num_classes=4, train_cameras=2, test_cameras=1, videos_per_camera=40, clips=3, val_fraction=0.3
+)
+SWEEP_TRAIN = {"epochs": 3, "batch_size": 8, "hidden_dim": 16, "shared_dim": 16, "rho": 8}
+SWEEP_TRAIN.update(num_workers=1, cpus_per_worker=0.25)
+SWEEP_SPACE = {**tuning.DEFAULT_SPACE, "lr": {"loguniform": [1e-3, 1e-2]}}  # all trials learn
+
+
+def _wait_until_released(ray, timeout: float = 120.0) -> None:
+    """Every placement group removed and every CPU free again: no trial, Train controller or
+    worker of the sweep is left holding resources."""
+    total = ray.cluster_resources()["CPU"]
+    deadline = time.monotonic() + timeout
+    while True:
+        groups = [g for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
+        free = ray.available_resources().get("CPU", 0.0)
+        if not groups and abs(free - total) < 1e-6:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"still held after {timeout} s: {len(groups)} groups, {free}/{total} CPU")
+        time.sleep(1.0)
+
+
+def _start_driver(ray, store: str, out: Path, log: Path) -> subprocess.Popen:
+    """jobs/tune.py as a separate driver on the test's Ray instance (so it can be killed)."""
+    arguments = [sys.executable, str(REPO / "jobs" / "tune.py"), "--features", store]
+    arguments += ["--out", str(out), "--num-samples", "8", "--trial-cpus", "0.25"]
+    arguments += ["--address", ray.get_runtime_context().gcs_address]
+    arguments += [f"--set={key}={value}" for key, value in SWEEP_TRAIN.items()]
+    arguments += ["--param=lr=loguniform:1e-3:1e-2"]
+    with open(log, "w") as handle:
+        return subprocess.Popen(
+            arguments, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+@pytest.mark.slow
+def test_sweep_killed_resumed_and_best_model_scores(ray_session, tmp_path):
+    from pipeline.score import CRIFScorer, model_id, resolve_model_dir
+    from pipeline.store import read_store
+
+    store = tmp_path / "store"
+    generate_benchmark_store(store, TINY)
+    out = tmp_path / "sweep"
+    driver = _start_driver(ray_session, str(store), out, tmp_path / "driver.log")
+    deadline = time.monotonic() + 600
+    while not list(out.glob("trials/*/metrics.json")):  # one trial has finished
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no trial finished in time"
+        time.sleep(1.0)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver dies mid-sweep, trials and all
+    driver.wait()
+    _wait_until_released(ray_session)
+
+    config = tuning.SweepConfig(
+        features=str(store), out=str(out), num_samples=8, space=SWEEP_SPACE, train=SWEEP_TRAIN
+    )
+    summary = tuning.run_sweep(config)  # Tuner.restore: same out
+    assert summary["restored"] and summary["trials"] == 8
+    assert summary["max_concurrent_trials"] == 2
+    assert summary["status"].get("completed", 0) >= 1 and "error" not in summary["status"]
+    print("trials by status:", summary["status"])  # ASHA's stops depend on trial order
+    _wait_until_released(ray_session)  # ASHA-stopped and finished trials let go too
+    table = (out / "results.md").read_text()
+    assert table.count("| completed |") + table.count("| stopped early |") == 8
+    for plot in ("params.png", "learning_curves.png"):
+        assert (out / "plots" / plot).stat().st_size > 0
+
+    best = json.loads((out / "best" / "metrics.json").read_text())
+    assert best["trial"] == summary["best"]["trial"] and best["model"] == "model"
+    assert (out / "best" / "learning_curves.png").is_file()
+    model_dir = resolve_model_dir(out)  # what jobs/score.py --model OUT resolves
+    assert model_dir == out / "best" / "model"
+    scorer = CRIFScorer(str(model_dir), top_k=1, model_id=model_id(model_dir))
+    test = read_store(store, ["video_id", "split", "label", "visual"])
+    test = test.filter(np.asarray(test.column("split").to_pylist()) == "test")
+    predicted = [row[0] for row in scorer(test).column("top_k_indices").to_pylist()]
+    accuracy = float(np.mean(np.asarray(predicted) == np.asarray(test.column("label"))))
+    assert accuracy == pytest.approx(best["splits"]["test"]["acc1"])

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="outputs/demo")
     parser.add_argument("--videos", type=int, default=80, help="synthetic videos to generate")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a new local Ray)")
     args = parser.parse_args(argv)
     out, started = Path(args.out), time.perf_counter()
@@ -69,7 +69,8 @@ def main(argv=None) -> int:
                 hidden_dim=128,
                 shared_dim=128,
                 rho=64,
-                lr=2e-3,
+                lr=1e-2,
+                lr_step=8,
                 cpus_per_worker=0.5,
             )
         )

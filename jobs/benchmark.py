@@ -32,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small smoke-test plan")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
     parser.add_argument("--backbones", nargs="+", choices=("gru", "vilt"))
+    parser.add_argument("--align-warmup", type=int, help="override the alignment warm-up epochs")
     parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS or local)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray instance")
     return parser.parse_args(argv)
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
         plan = dataclasses.replace(plan, seeds=tuple(args.seeds))
     if args.backbones:
         plan = dataclasses.replace(plan, backbones=tuple(args.backbones))
+    if args.align_warmup is not None:
+        plan = dataclasses.replace(plan, train={**plan.train, "align_warmup": args.align_warmup})
     init_ray(args.address, num_cpus=args.num_cpus)
     started = time.time()
     run_benchmark(args.out, plan)

@@ -324,7 +324,23 @@ def summarise(results: list[dict[str, Any]], plan: BenchmarkPlan) -> dict[str, A
                 row["gain_acc1_vs_baseline"] = _statistics(gains)
             rows.append(row)
     cells = [{k: v for k, v in r.items() if k != "history"} for r in results]
-    return {"plan": dataclasses.asdict(plan), "rows": rows, "cells": cells}
+    return {"plan": dataclasses.asdict(plan), "code": _code_version(), "rows": rows, "cells": cells}
+
+
+def _code_version() -> str | None:
+    """The git commit (with "+dirty" for local changes) the numbers were measured with."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        root = Path(__file__).resolve().parents[1]
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--", "pipeline", "jobs").strip()
+    except OSError:
+        return None
+    return (commit + ("+dirty" if dirty else "")) or None
 
 
 def benchmark_markdown(summary: dict[str, Any]) -> str:
@@ -332,6 +348,7 @@ def benchmark_markdown(summary: dict[str, Any]) -> str:
     seeds = summary["plan"]["seeds"]
     lines = [
         f"Unseen-camera test split, visual-only inference; mean +- std over seeds {seeds}.",
+        f"Training: {summary['plan']['train']}; code {summary.get('code')}.",
         "",
         "| backbone | method | Acc-1 | Acc-5 | Acc-1 gain vs baseline | val Acc-1 (seen cameras) |",
         "|---|---|---|---|---|---|",

@@ -39,6 +39,12 @@ def parse_args(argv=None) -> tuple[ExperimentConfig, argparse.Namespace]:
     parser.add_argument("--trial-cpus", type=float, default=0.25)
     parser.add_argument("--data-cpus", type=float, default=1.0)
     parser.add_argument("--max-concurrent-trials", type=int)
+    parser.add_argument(
+        "--materialize", action=argparse.BooleanOptionalAction, help="default: <1GiB"
+    )
+    parser.add_argument("--tsne-classes", type=int, default=5)
+    parser.add_argument("--tsne-per-class", type=int, default=100)
+    parser.add_argument("--tsne-pairs", type=int, default=20)
     parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS or local)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray instance")
     args = parser.parse_args(argv)
@@ -46,7 +52,8 @@ def parse_args(argv=None) -> tuple[ExperimentConfig, argparse.Namespace]:
         out=args.out, grid=args.grid, features=args.features, quick=args.quick,
         seeds=args.seeds, train=dict(map(parse_param, args.set)), trial_cpus=args.trial_cpus,
         data_cpus=args.data_cpus, max_concurrent_trials=args.max_concurrent_trials,
-        address=args.address,
+        materialize=args.materialize, tsne_classes=args.tsne_classes,
+        tsne_per_class=args.tsne_per_class, tsne_pairs=args.tsne_pairs, address=args.address,
     )  # fmt: skip
     return config, args
 

@@ -44,6 +44,10 @@ def parse_args(argv=None) -> tuple[tuning.SweepConfig, argparse.Namespace]:
     parser.add_argument("--trial-cpus", type=float, default=0.25)
     parser.add_argument("--data-cpus", type=float, default=1.0)
     parser.add_argument("--max-concurrent-trials", type=int)
+    parser.add_argument(
+        "--materialize", action=argparse.BooleanOptionalAction, help="default: <1GiB"
+    )
+    parser.add_argument("--top-trials", type=int, default=5, help="learning curves drawn")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS or local)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray instance")
@@ -53,6 +57,7 @@ def parse_args(argv=None) -> tuple[tuning.SweepConfig, argparse.Namespace]:
     train = {**train, **dict(map(tuning.parse_param, args.set))}
     options = {k: getattr(args, k) for k in ("scheduler", "searcher", "grace_period", "metric")}
     options.update({k: getattr(args, k) for k in ("trial_cpus", "data_cpus", "seed", "address")})
+    options.update(materialize=args.materialize, top_trials=args.top_trials)
     config = tuning.SweepConfig(
         features=args.features, out=args.out, num_samples=args.num_samples, space=space,
         train=train, reduction_factor=args.reduction_factor,

@@ -217,7 +217,8 @@ def _draw_panel(axis, panel: TsnePanel, points: np.ndarray, colours: dict) -> No
     labels = panel.labels[panel.modality == 0]
     for rows, marker, name in ((visual, "o", "visual"), (semantic, "^", "semantic")):
         axis.scatter(*rows.T, marker=marker, s=60, c=[colours[k] for k in labels],
-                     edgecolors="black", linewidths=0.5, label=name)  # fmt: skip
+                     edgecolors="black", linewidths=0.5)  # fmt: skip
+        axis.scatter([], [], marker=marker, c="white", edgecolors="black", label=name)
         for (x, y), label in zip(rows, labels, strict=True):  # the class, as in Fig. 4
             axis.annotate(str(label), (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
     axis.legend(fontsize=7)
@@ -328,6 +329,7 @@ def _first_label(labels: np.ndarray) -> np.ndarray:
 def tsne_figure(
     before: str | Path, after: str | Path, features: str, path: str | Path, *,
     classes: int = 5, per_class: int = 100, pairs: int = 20, seed: int = 0,
+    names: tuple[str, str] = ("before", "after"),
 ) -> Path:  # fmt: skip
     """Paper Fig. 3 (visual x_c of ``before`` vs ``after`` alignment, test videos of
     ``classes`` random classes) and Fig. 4 (visual vs semantic features of ``pairs`` videos of
@@ -344,9 +346,9 @@ def tsne_figure(
     )
     where = f"{len(index)} test videos, {len(chosen)} random classes"
     panels = [
-        TsnePanel(f"(a) visual x_c before alignment ({Path(before).parent.parent.name}); {where}",
+        TsnePanel(f"(a) visual x_c before alignment ({names[0]}); {where}",
                   test_before["x_c"][index], labels[index]),
-        TsnePanel(f"(b) visual x_c after alignment ({Path(after).parent.parent.name})",
+        TsnePanel(f"(b) visual x_c after alignment ({names[1]})",
                   test_after["x_c"][index], labels[index]),
     ]  # fmt: skip
     split = "test" if test_after["has_semantic"].any() else "val"

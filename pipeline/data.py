@@ -9,6 +9,9 @@ that lack the semantic column altogether, and null cells.
 - ``build_datasets`` returns one Ray Dataset per split ("train", "val", "test"). When the
   store has no ``val`` rows, a deterministic 10% of ``train`` (by a CRC32 of ``video_id``,
   independent of file layout and row order) becomes ``val``; ``StoreSplits.holdout`` says so.
+- ``read_datasets`` is ``build_datasets`` read into the object store once
+  (``Dataset.materialize``) when the store is small: every epoch then iterates blocks in
+  memory instead of re-running the Parquet reads, whose task start-up dominates small runs.
 - ``PaddedBatchCollate`` turns an Arrow batch into padded tensors and boolean masks:
   ``visual`` (B, T, D) + ``visual_mask`` (B, T), ``semantic`` (B, N, D_s) + ``semantic_mask``
   (B, N), ``labels`` (B,) int64 or (B, C) multi-hot float32. A null semantic cell becomes an
@@ -20,6 +23,7 @@ dropped here, and the training loop records how many rows each split really had.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -42,7 +46,9 @@ __all__ = [
     "build_datasets",
     "inspect_store",
     "pad_sequences",
+    "read_datasets",
     "select_split",
+    "store_bytes",
 ]
 
 # One video in HOLDOUT_BUCKETS of train becomes val when the store has no val split.
@@ -181,6 +187,35 @@ def build_datasets(splits: StoreSplits) -> dict[str, Any]:
             )
         datasets[split] = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     return datasets
+
+
+def store_bytes(files: list[str]) -> int | None:
+    """Total size of ``files`` (local paths or URIs); None when a size cannot be read."""
+    import pyarrow.fs
+
+    total = 0
+    try:
+        for name in files:
+            uri = name if "://" in name else str(Path(name).resolve())
+            filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
+            total += filesystem.get_file_info(path).size or 0
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+    return total
+
+
+def read_datasets(splits: StoreSplits, materialize_below_mb: float) -> dict[str, Any]:
+    """``build_datasets``, materialized when the store's files total less than
+    ``materialize_below_mb`` MiB (0: always streamed from the files; ``math.inf``: always
+    materialized)."""
+    datasets = build_datasets(splits)
+    if materialize_below_mb <= 0:
+        return datasets
+    if not math.isinf(materialize_below_mb):
+        size = store_bytes(list(splits.files))
+        if size is None or size >= materialize_below_mb * 2**20:
+            return datasets
+    return {name: dataset.materialize() for name, dataset in datasets.items()}
 
 
 # ---------------------------------------------------------------------------- collation

@@ -263,9 +263,10 @@ class InputStandardizer(nn.Module):
     Extracted features can sit far from zero with little spread (random-weight S3D: mean |x|
     0.77, spread 0.1 across videos), which a GRU or a transformer learns from slowly. In
     training mode each batch's valid time steps (mask True) update an exact running mean and
-    variance (all batches weigh by their row count); the input is then standardised with those
-    statistics, in training and inference alike, so both see the same transform. They are
-    buffers: they travel in the checkpoint, and scoring uses the training-set statistics.
+    variance (all batches weigh by their row count; under DDP, the global batch's); the input
+    is then standardised with those statistics, in training and inference alike, so both see
+    the same transform. They are buffers: they travel in the checkpoint, and scoring uses the
+    training-set statistics.
     Before any data has been seen the transform is the identity.
     """
 
@@ -285,14 +286,26 @@ class InputStandardizer(nn.Module):
 
     @torch.no_grad()
     def _update(self, rows: Tensor) -> None:
-        if rows.shape[0] == 0:
-            return
         rows = rows.to(torch.float64)
-        total = self.count + rows.shape[0]
-        weight = rows.shape[0] / total
-        self.mean.mul_(1 - weight).add_(rows.mean(0) * weight)
-        self.second_moment.mul_(1 - weight).add_((rows**2).mean(0) * weight)
+        # count, sum and sum of squares of this batch; under DDP, of the global batch (every
+        # rank runs forward in lock step, as with SyncBatchNorm), so all ranks keep the same
+        # statistics and a 2-worker run standardises like a 1-worker run on the same rows.
+        sums = torch.cat([rows.new_tensor([rows.shape[0]]), rows.sum(0), (rows**2).sum(0)])
+        if _distributed():
+            torch.distributed.all_reduce(sums)
+        count, dim = sums[0], self.mean.shape[0]
+        if count == 0:
+            return
+        total = self.count + count
+        weight = count / total
+        self.mean.mul_(1 - weight).add_(sums[1 : 1 + dim] / count * weight)
+        self.second_moment.mul_(1 - weight).add_(sums[1 + dim :] / count * weight)
         self.count.copy_(total)
+
+
+def _distributed() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def build_backbone(kind: str, input_dim: int, config: CRIFConfig) -> SequenceBackbone:

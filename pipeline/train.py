@@ -54,7 +54,7 @@ from ray.train.torch import TorchTrainer
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.data import PaddedBatchCollate, StoreSplits, build_datasets, inspect_store
+from pipeline.data import PaddedBatchCollate, StoreSplits, inspect_store, read_datasets
 from pipeline.losses import LossWeights, crif_losses
 from pipeline.metrics import classification_metrics
 from pipeline.model import CRIFConfig, CRIFOutput, ablation_branches, build_model, training_stages
@@ -125,6 +125,7 @@ class TrainConfig:
     use_gpu: bool = False
     seed: int = 0
     max_failures: int = 2  # worker-group restarts (FailureConfig)
+    materialize_below_mb: float = 1024  # a smaller store is read into memory once (0: stream)
     fail_at_epoch: int | None = None  # testing: raise once at this epoch (marker in out)
     address: str | None = None  # Ray cluster to join (jobs/train.py)
 
@@ -672,12 +673,14 @@ def build_trainer(
 ) -> TorchTrainer:
     """THE TorchTrainer of the project (jobs/train.py, the benchmark and tuning use it).
 
-    ``datasets`` defaults to the store's splits (``pipeline.data``); ``run_config`` defaults
+    ``datasets`` defaults to the store's splits (``pipeline.data.read_datasets``: in memory
+    when the store is below ``materialize_below_mb``); ``run_config`` defaults
     to ``default_run_config`` (Tune passes its own storage path and name).
     """
     config = config.resolved()
     if datasets is None:
-        datasets = build_datasets(inspect_store(config.features, config.semantic_modality))
+        store = inspect_store(config.features, config.semantic_modality)
+        datasets = read_datasets(store, config.materialize_below_mb)
     resources = {"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})}
     return TorchTrainer(
         train_loop,
@@ -707,7 +710,7 @@ def run_training(config: TrainConfig, *, datasets: dict[str, Any] | None = None)
     if store.holdout:
         print(f"{config.features}: no val split; holding out 1 in 10 train videos as val")
     if datasets is None:
-        datasets = build_datasets(store)
+        datasets = read_datasets(store, config.materialize_below_mb)
     result = build_trainer(config, datasets=datasets).fit()
     # Local mode's result carries the last report's checkpoint: the final report has none.
     checkpoint = result.checkpoint or _latest_local_checkpoint(config)

@@ -36,8 +36,8 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig
 from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from pipeline.data import build_datasets, inspect_store
-from pipeline.store import atomic_write_bytes, list_parquet_files, read_dataset_json
+from pipeline.data import inspect_store, read_datasets
+from pipeline.store import atomic_write_bytes, read_dataset_json
 from pipeline.train import TrainConfig, build_trainer, export_model, metrics_document
 
 __all__ = [
@@ -162,9 +162,8 @@ class SweepConfig:
             raise ValueError("sweeps need num_workers >= 1: local mode reports no epochs to Tune")
 
     def base_config(self, **overrides: Any) -> TrainConfig:
-        return TrainConfig(
-            **{"features": self.features, "out": self.out, **self.train, **overrides}
-        )
+        paths = {"features": local_path(self.features), "out": local_path(self.out)}
+        return TrainConfig(**{**paths, **self.train, **overrides})
 
     def objective(self) -> str:
         task = read_dataset_json(self.features)["task"]
@@ -206,14 +205,11 @@ def concurrent_trials(
 def prepare_datasets(features: str, semantic: str | None, materialize: bool | None):
     """The store's splits read once (``Dataset.materialize``) for every trial to share, or
     None (each run reads the store itself). Without it, every epoch of every trial re-runs
-    the Parquet reads, whose task start-up dominates small runs."""
-    if materialize is None:
-        size = sum(Path(path).stat().st_size for path in list_parquet_files(features))
-        materialize = size < MATERIALIZE_BYTES
-    if not materialize:
+    the Parquet reads, whose task start-up dominates small runs. ``None``: when below 1 GiB."""
+    if materialize is False:
         return None
-    datasets = build_datasets(inspect_store(features, semantic))
-    return {name: dataset.materialize() for name, dataset in datasets.items()}
+    limit_mb = math.inf if materialize else MATERIALIZE_BYTES / 2**20
+    return read_datasets(inspect_store(features, semantic), limit_mb)
 
 
 # ---------------------------------------------------------------------------- trials

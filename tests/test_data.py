@@ -15,7 +15,9 @@ from pipeline.data import (
     build_datasets,
     inspect_store,
     pad_sequences,
+    read_datasets,
     select_split,
+    store_bytes,
 )
 
 SEQUENCE = pa.list_(pa.list_(pa.float32()))
@@ -156,3 +158,24 @@ def test_build_datasets_reads_every_file_and_row_order(tmp_path, ray_session):
     batches = list(datasets["train"].iter_torch_batches(batch_size=8, collate_fn=collate))
     has_text = torch.cat([b["semantic_mask"].any(dim=1) for b in batches])
     assert has_text.sum() == sum(1 for i in range(10) if i % 3 == 0 and i % 2)
+
+
+def test_read_datasets_materializes_small_stores_only(tmp_path, ray_session):
+    import math
+
+    from ray.data.dataset import MaterializedDataset
+
+    store.write_dataset_json(tmp_path, _metadata())
+    table = pa.Table.from_pylist(_rows(6), schema=store.store_schema("single_label"))
+    pq.write_table(table, tmp_path / "part-0.parquet")
+    splits = inspect_store(tmp_path, "text")
+    size = (tmp_path / "part-0.parquet").stat().st_size
+    assert store_bytes(list(splits.files)) == size
+    assert store_bytes([str(tmp_path / "missing.parquet")]) in (None, 0)
+    small = read_datasets(splits, materialize_below_mb=1)
+    assert all(isinstance(d, MaterializedDataset) for d in small.values())
+    for limit in (0, size / 2**20):  # 0: always stream; a store at the limit is not "below"
+        streamed = read_datasets(splits, materialize_below_mb=limit)
+        assert not any(isinstance(d, MaterializedDataset) for d in streamed.values())
+    forced = read_datasets(splits, materialize_below_mb=math.inf)
+    assert {n: d.count() for n, d in forced.items()} == {n: d.count() for n, d in small.items()}

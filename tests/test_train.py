@@ -230,9 +230,13 @@ def test_cli_flags_map_one_to_one_onto_train_config():
 # ---------------------------------------------------------------------------- Ray Train runs
 
 
-# 4 epochs left one of two otherwise alike runs at 0.72 val acc-1 (13 of 18 videos) and the other
-# at 1.0; with 6 both reach 1.0 by epoch 3 (seen once each for 1 and 2 workers).
+# The 1 vs 2 worker pair checks the DDP path end to end, so it trains the align ablation with
+# some width: in the full model with rho 8 the fusion MLP (three stacked FC+ReLU) was seen to
+# stop predicting one class in 1 of 4 seeds (visual head 0.99, fused head 0.76; 1 or 2 workers
+# alike), which says nothing about DDP. With the store read into memory an epoch costs well
+# under a second here, so 6 epochs are cheap.
 EPOCHS = 6
+PAIR = {**SMALL, "hidden_dim": 32, "shared_dim": 32, "rho": 16, "ablation": "align"}
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +250,7 @@ def two_worker_run(single_store, tmp_path_factory, ray_session):
         num_workers=2,
         fail_at_epoch=2,
         max_failures=1,
-        **SMALL,
+        **PAIR,
     )
     return config, run_training(config)["metrics"]
 
@@ -255,7 +259,11 @@ def two_worker_run(single_store, tmp_path_factory, ray_session):
 def one_worker_run(single_store, tmp_path_factory, ray_session):
     out = tmp_path_factory.mktemp("one") / "run"
     config = TrainConfig(
-        features=str(single_store), out=str(out), epochs=EPOCHS, num_workers=1, **SMALL
+        features=str(single_store),
+        out=str(out),
+        epochs=EPOCHS,
+        num_workers=1,
+        **PAIR,
     )
     return config, run_training(config)["metrics"]
 
@@ -283,7 +291,10 @@ def test_one_and_two_workers_are_comparable(one_worker_run, two_worker_run):
         assert abs(one["splits"][split]["acc1"] - two["splits"][split]["acc1"]) <= 0.2
         assert min(one["splits"][split]["acc1"], two["splits"][split]["acc1"]) >= 0.7
     first_one, first_two = one["history"][0]["train"], two["history"][0]["train"]
-    for name in ("total", "L_class", "L_align"):
+    # Per step, 2 workers compute exactly the 1-worker losses on the same global batch
+    # (tests/test_ddp.py); per epoch the batches differ (two shards), and L_align, still near
+    # zero in epoch 0 (0.003-0.02 seen), is too small to compare by ratio.
+    for name in ("total", "L_class"):
         assert first_two[name] == pytest.approx(first_one[name], rel=0.25, abs=1e-3)
 
 

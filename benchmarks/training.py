@@ -9,7 +9,8 @@ batch_losses), same batch size, optimiser and epochs. Per epoch both sides train
 train split and score val, as pipeline.train.train_loop does:
 
 - ray: `build_trainer` (pipeline/train.py), 1 worker (its 1 CPU: torch runs 1 thread there),
-  the store streamed by Ray Data (the other CPU reads and collates).
+  the store's splits given to Ray Train as Ray Datasets (read into the object store once when
+  the store is below `materialize_below_mb`, as here; the other CPU collates).
 - plain: one process, the store read once into padded tensors, shuffled index batches;
   with torch's default threads (all cores) and with 1 thread, like the Ray worker.
 

@@ -425,6 +425,11 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
         base, config.trial_cpus, config.data_cpus, ray.cluster_resources()
     )
     fixed = {k: v for k, v in asdict(base).items() if k not in ("out", "address")}
+    # Worker groups recorded by an earlier driver of this sweep (killed, or its trials still
+    # running when it died) belong to no live trial: Ray 2.60 can leave them holding CPUs.
+    stale = sum(release_placement_groups(path) for path in out.glob(f"trials/*/{PLACEMENT_GROUPS}"))
+    if stale:
+        print(f"released {stale} worker placement group(s) left by an earlier run of {out}")
     datasets = prepare_datasets(base.features, base.semantic_modality, config.materialize)
     trainable = tune.with_resources(
         tune.with_parameters(_sweep_trial, base=fixed, root=str(out), datasets=datasets),

@@ -138,15 +138,19 @@ SWEEP_TRAIN.update(num_workers=1, cpus_per_worker=0.25)
 SWEEP_SPACE = {**tuning.DEFAULT_SPACE, "lr": {"loguniform": [1e-3, 1e-2]}}  # all trials learn
 
 
-def _wait_until_released(ray, timeout: float = 120.0) -> None:
-    """Every placement group removed and every CPU free again: no trial, Train controller or
-    worker of the sweep is left holding resources."""
+def _wait_until_released(ray, timeout: float = 120.0, allowed: set[str] = frozenset()) -> None:
+    """Every placement group removed (but those whose ids are ``allowed``) and every CPU not
+    held by them free again: no trial, Train controller or worker of the sweep is left."""
     total = ray.cluster_resources()["CPU"]
     deadline = time.monotonic() + timeout
     while True:
-        groups = [g for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
+        table = ray.util.placement_group_table().items()
+        groups = [(k, g) for k, g in table if g["state"] != "REMOVED"]
+        kept = sum(
+            sum(b.get("CPU", 0.0) for b in g["bundles"].values()) for k, g in groups if k in allowed
+        )
         free = ray.available_resources().get("CPU", 0.0)
-        if not groups and abs(free - total) < 1e-6:
+        if all(k in allowed for k, _ in groups) and abs(free + kept - total) < 1e-6:
             return
         if time.monotonic() > deadline:
             pytest.fail(f"still held after {timeout} s: {len(groups)} groups, {free}/{total} CPU")
@@ -182,7 +186,11 @@ def test_sweep_killed_resumed_and_best_model_scores(ray_session, tmp_path):
         time.sleep(1.0)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver dies mid-sweep, trials and all
     driver.wait()
-    _wait_until_released(ray_session)
+    # Ray ends the dead driver's trials; Train worker groups can outlive them (Ray 2.60), and
+    # only those the sweep recorded may remain until the restored sweep releases them.
+    recorded = {line for path in out.glob("trials/*/placement_groups.txt")
+                for line in path.read_text().split()}  # fmt: skip
+    _wait_until_released(ray_session, allowed=recorded)
 
     config = tuning.SweepConfig(
         features=str(store), out=str(out), num_samples=8, space=SWEEP_SPACE, train=SWEEP_TRAIN

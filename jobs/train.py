@@ -36,6 +36,7 @@ CHOICES = {
     "align_target": ("clip", "whole"),
     "fusion": ("concat", "plus", "mult", "max", "min"),
     "strategy": ("end2end", "multistage"),
+    "fail_kind": ("raise", "kill"),
 }
 
 

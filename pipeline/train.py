@@ -36,7 +36,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import shutil
+import signal
 import tempfile
 import time
 import uuid
@@ -80,6 +82,7 @@ __all__ = [
 ]
 
 STRATEGIES = ("end2end", "multistage")
+FAIL_KINDS = ("raise", "kill")
 LR_DECAY = 0.1
 SEMANTIC_TERMS = ("L_semantic", "L_sim", "L_align", "L_recon_distance")
 # Checkpoint directory: weights (safetensors), everything else as JSON, and the optimiser /
@@ -126,7 +129,8 @@ class TrainConfig:
     seed: int = 0
     max_failures: int = 2  # worker-group restarts (FailureConfig)
     materialize_below_mb: float = 1024  # a smaller store is read into memory once (0: stream)
-    fail_at_epoch: int | None = None  # testing: raise once at this epoch (marker in out)
+    fail_at_epoch: int | None = None  # testing: fail once at this epoch (marker in out)
+    fail_kind: str = "raise"  # testing: "raise" (rank 0 raises) or "kill" (last rank SIGKILLs)
     address: str | None = None  # Ray cluster to join (jobs/train.py)
 
     def __post_init__(self) -> None:
@@ -141,6 +145,8 @@ class TrainConfig:
             raise ValueError("need num_workers >= 0 and batch_size >= num_workers")
         if self.align_warmup < 0 or self.max_failures < -1:
             raise ValueError("need align_warmup >= 0 and max_failures >= -1")
+        if self.fail_kind not in FAIL_KINDS:
+            raise ValueError(f"fail_kind must be one of {FAIL_KINDS}, got {self.fail_kind!r}")
 
     def resolved(self) -> TrainConfig:
         """The config with absolute local paths: Ray Train workers run in their own cwd."""
@@ -436,15 +442,25 @@ def evaluate(run: _Run, name: str) -> tuple[dict[str, float], int]:
     return classification_metrics(logits, labels, run.model_config.task), len(labels)
 
 
-def _maybe_fail(config: TrainConfig, epoch: int, rank: int) -> None:
-    """Failure injection for tests: raise once per run directory, on rank 0."""
-    if config.fail_at_epoch != epoch or rank != 0:
+def _maybe_fail(config: TrainConfig, epoch: int, rank: int, world_size: int) -> None:
+    """Failure injection for tests, once per run directory: at ``fail_at_epoch`` rank 0 raises
+    ("raise") or the last rank's process kills itself with SIGKILL ("kill": a lost worker)."""
+    failing_rank = world_size - 1 if config.fail_kind == "kill" else 0
+    if config.fail_at_epoch != epoch or rank != failing_rank:
         return
     marker = Path(config.out) / ".injected_failure"
     if marker.exists():
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
+    if config.fail_kind == "kill":
+        # Ray Train's controller collects reports when it polls the workers (every
+        # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default); a worker lost before the poll
+        # loses what it reported since, and the group resumes from the checkpoint before.
+        # The kill waits two polls, so the last epoch's checkpoint is the one resumed from.
+        interval = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0"))
+        time.sleep(2 * interval + 0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
     raise RuntimeError(f"injected failure at epoch {epoch} (fail_at_epoch, first attempt)")
 
 
@@ -457,7 +473,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     plan = stage_plan(run.config, run.model_config)
     optimizer = scheduler = None
     for epoch in range(state["next_epoch"], run.config.epochs):
-        _maybe_fail(run.config, epoch, run.rank)
+        _maybe_fail(run.config, epoch, run.rank, run.world_size)
         stage = plan[epoch]
         if optimizer is None or (epoch > 0 and plan[epoch - 1] != stage):
             optimizer, scheduler = _optimizer(run, stage, state if optimizer is None else None)
@@ -709,6 +725,12 @@ def run_training(config: TrainConfig, *, datasets: dict[str, Any] | None = None)
     store = inspect_store(config.features, config.semantic_modality)
     if store.holdout:
         print(f"{config.features}: no val split; holding out 1 in 10 train videos as val")
+    if config.strategy == "multistage" and "fusion" not in ablation_branches(config.ablation):
+        print(
+            f"note: multistage without fusion: ablation {config.ablation!r} predicts with the "
+            "visual head, which learns in stage 1 only while stage 2 moves its features; "
+            "the paper's stages are made for the fused CRIF (end2end suits the other ablations)"
+        )
     if datasets is None:
         datasets = read_datasets(store, config.materialize_below_mb)
     result = build_trainer(config, datasets=datasets).fit()

@@ -58,14 +58,30 @@ def test_summary_and_table_from_cells():
         for index, ablation in enumerate(ABLATIONS)
         for seed in plan.seeds
     ]
-    summary = summarise(cells, plan)
-    full = next(row for row in summary["rows"] if row["ablation"] == "full")
+    staged = [
+        {
+            **cell,
+            "strategy": "multistage",
+            "splits": {**cell["splits"], "test": {"acc1": 0.3 + 0.02 * cell["seed"], "acc5": 0.8}},
+        }
+        for cell in cells
+        if cell["ablation"] == "full"
+    ]
+    summary = summarise(cells + staged, plan)
+    assert [row["method"] for row in summary["rows"]] == [*ABLATIONS, "full (multistage)"]
+    full = next(row for row in summary["rows"] if row["method"] == "full")
     assert np.isclose(full["test_acc1"]["mean"], 0.91) and np.isclose(
         full["test_acc1"]["std"], 0.02 / np.sqrt(2)
     )
     assert np.isclose(full["gain_acc1_vs_baseline"]["mean"], 0.4)
+    multistage = summary["rows"][-1]
+    assert (multistage["ablation"], multistage["strategy"]) == ("full", "multistage")
+    assert np.isclose(multistage["gain_acc1_vs_baseline"]["mean"], -0.2)
     table = benchmark_markdown(summary)
     assert "| gru | full | 0.910 +- 0.014 | 0.900 +- 0.000 | +0.400 +- 0.000 |" in table
+    assert (
+        "| gru | full (multistage) | 0.310 +- 0.014 | 0.800 +- 0.000 | -0.200 +- 0.000 |" in table
+    )
 
 
 def test_quick_benchmark_runs_and_writes_the_table(tmp_path, ray_session):
@@ -74,10 +90,25 @@ def test_quick_benchmark_runs_and_writes_the_table(tmp_path, ray_session):
     spec.loader.exec_module(job)
     job.main(["--out", str(tmp_path), "--quick"])
     summary = json.loads((tmp_path / "benchmark.json").read_text())
-    assert [(r["backbone"], r["ablation"]) for r in summary["rows"]] == [
-        (backbone, ablation) for backbone in ("gru", "vilt") for ablation in ABLATIONS
+    methods = [*ABLATIONS, "full (multistage)"]
+    assert [(r["backbone"], r["method"]) for r in summary["rows"]] == [
+        (backbone, method) for backbone in ("gru", "vilt") for method in methods
     ]
     assert all(0 <= r["test_acc1"]["mean"] <= 1 for r in summary["rows"])
     table = (tmp_path / "benchmark.md").read_text()
-    assert table.count("\n| gru |") == 5 and table.count("\n| vilt |") == 5
+    assert table.count("\n| gru |") == 6 and table.count("\n| vilt |") == 6
+    assert (
+        json.loads(
+            (
+                tmp_path
+                / "runs"
+                / "gru-full-multistage-seed0"
+                / "train"
+                / "local"
+                / "checkpoint_epoch=0002"
+                / "checkpoint.json"
+            ).read_text()
+        )["train_config"]["strategy"]
+        == "multistage"
+    )
     store.validate_store(tmp_path / "store-seed0")

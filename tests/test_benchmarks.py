@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ["limits", "s3d_cpu", "memory", "training"]  # extraction: its own test below
+# extraction has its own test below
+SCRIPTS = ["limits", "s3d_cpu", "s3d_layers", "memory", "training"]
 
 
 def run(command: list[str], out: Path) -> dict:

@@ -329,17 +329,20 @@ def summarise(results: list[dict[str, Any]], plan: BenchmarkPlan) -> dict[str, A
     """Mean and spread over seeds per backbone x method, and the gain over the baseline."""
     rows = []
     for backbone in plan.backbones:
-        mine = [r for r in results if r["backbone"] == backbone]
-        for r in mine:
-            r.setdefault("strategy", "end2end")
+        # (ablation, strategy) of each result; results without a strategy were end to end.
+        mine = [
+            ((r["ablation"], r.get("strategy", "end2end")), r)
+            for r in results
+            if r["backbone"] == backbone
+        ]
         baseline = {
             r["seed"]: r["splits"]["test"]["acc1"]
-            for r in mine
-            if r["ablation"] == "baseline" and r["strategy"] == "end2end"
+            for method, r in mine
+            if method == ("baseline", "end2end")
         }
         for ablation, strategy in plan_methods(plan):
             cells = sorted(
-                (r for r in mine if (r["ablation"], r["strategy"]) == (ablation, strategy)),
+                (r for method, r in mine if method == (ablation, strategy)),
                 key=lambda r: r["seed"],
             )
             test = [r["splits"]["test"] for r in cells]

@@ -188,7 +188,7 @@ def test_sweep_killed_resumed_and_best_model_scores(ray_session, tmp_path):
     driver.wait()
     # Ray ends the dead driver's trials; Train worker groups can outlive them (Ray 2.60), and
     # only those the sweep recorded may remain until the restored sweep releases them.
-    recorded = {line for path in out.glob("trials/*/placement_groups.txt")
+    recorded = {line for path in out.glob(f"trials/*/{tuning.PLACEMENT_GROUPS}")
                 for line in path.read_text().split()}  # fmt: skip
     _wait_until_released(ray_session, allowed=recorded)
 

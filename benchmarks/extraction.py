@@ -46,8 +46,8 @@ from benchmarks.common import (  # noqa: E402
 def prepare_videos(directory: Path, clips: int, clip_len: int, synthetic: bool) -> dict:
     """Links to the sample videos (repeated) or synthetic videos, an MSR-VTT annotation file
     for them, and the clip count: {"videos", "annotations", "num_videos", "num_clips"}."""
-    from pipeline.decode import probe_video
-    from pipeline.synthetic import SyntheticConfig, generate_synthetic_dataset
+    from pipeline.ingest.decode import probe_video
+    from pipeline.synthetic.videos import SyntheticConfig, generate_synthetic_dataset
 
     shutil.rmtree(directory, ignore_errors=True)
     videos = directory / "videos"
@@ -109,7 +109,7 @@ def run_loop(args) -> dict:
     import numpy as np
 
     from feature_extractors.s3d import S3DExtractor
-    from pipeline.decode import iter_clips
+    from pipeline.ingest.decode import iter_clips
 
     config = s3d_config(args.clip_len)
     with warnings.catch_warnings():
@@ -135,7 +135,7 @@ def run_model_only(args) -> dict:
     import torch
 
     from feature_extractors.s3d import S3DExtractor
-    from pipeline.decode import iter_clips
+    from pipeline.ingest.decode import iter_clips
 
     config = s3d_config(args.clip_len)
     started = time.perf_counter()

@@ -206,8 +206,8 @@ def decode_phase(videos_dir: Path | None, seconds: float, limit: int | None = No
 def training_phase(device, batch: int, seconds: float, gpu: bool, dry: bool) -> dict:
     import torch
 
-    from pipeline.losses import LossWeights, crif_losses
-    from pipeline.model import CRIFConfig, build_model
+    from pipeline.crif.losses import LossWeights, crif_losses
+    from pipeline.crif.model import CRIFConfig, build_model
 
     config = CRIFConfig(num_classes=20, semantic_dim=384)
     model = build_model(config).to(device)

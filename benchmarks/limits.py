@@ -37,7 +37,7 @@ def sample_videos(smoke: bool, scratch: Path) -> list[Path]:
     if SHARED_VIDEOS.is_dir():
         videos = sorted(path for path in SHARED_VIDEOS.iterdir() if path.is_file())
         return videos[:1] if smoke else videos
-    from pipeline.synthetic import SyntheticConfig, generate_synthetic_dataset
+    from pipeline.synthetic.videos import SyntheticConfig, generate_synthetic_dataset
 
     info = generate_synthetic_dataset(scratch, SyntheticConfig(num_videos=1, duration=2.0))
     return sorted(Path(info["videos"]).glob("*.mp4"))
@@ -49,7 +49,7 @@ def decode_rates(videos: list[Path], size: tuple[int, int], clip_len: int) -> li
     import decord
 
     from feature_extractors.s3d import S3DConfig
-    from pipeline.decode import iter_clips
+    from pipeline.ingest.decode import iter_clips
 
     config = S3DConfig(clip_len=clip_len, clip_stride=clip_len)
     rows = []

@@ -23,7 +23,7 @@ from benchmarks.common import REPO, base_parser, print_table, run_process, write
 
 
 def make_videos(directory: Path, count: int, duration: float) -> dict:
-    from pipeline.synthetic import SyntheticConfig, generate_synthetic_dataset
+    from pipeline.synthetic.videos import SyntheticConfig, generate_synthetic_dataset
 
     config = SyntheticConfig(num_videos=count, duration=duration, audio=False, seed=count)
     return generate_synthetic_dataset(directory, config)

@@ -3,12 +3,13 @@
     python benchmarks/training.py              # a few minutes on 2 cores
     python benchmarks/training.py --smoke      # seconds: checks that it runs
 
-Same features (a synthetic store, pipeline/benchmark_data.py, written once), same model
-(CRIF, GRU backbone, text as the privileged modality), same losses (pipeline.train's
+Same features (a synthetic store, pipeline/synthetic/crosscam.py, written once), same model
+(CRIF, GRU backbone, text as the privileged modality), same losses (pipeline.train.trainer's
 batch_losses), same batch size, optimiser and epochs. Per epoch both sides train over the
-train split and score val, as pipeline.train.train_loop does:
+train split and score val, as pipeline.train.trainer.train_loop does:
 
-- ray: `build_trainer` (pipeline/train.py), 1 worker, the store's splits given to Ray Train as
+- ray: `build_trainer` (pipeline/train/trainer.py), 1 worker, the store's splits given to Ray
+  Train as
   Ray Datasets (read into the object store once when the store is below
   `materialize_below_mb`, as here; batches are collated in a background thread of the
   worker). The worker's CPUs are its torch threads: "ray" gets 1 CPU (`--cpus-per-worker 1`,
@@ -58,7 +59,7 @@ def record_first_step() -> None:
 
 
 def train_config(args, out: Path, workers: int):
-    from pipeline.train import TrainConfig
+    from pipeline.train.trainer import TrainConfig
 
     return TrainConfig(
         features=args.store,
@@ -75,8 +76,8 @@ def train_config(args, out: Path, workers: int):
 def run_ray(args) -> dict:
     import ray
 
-    from pipeline.ray_utils import init_ray
-    from pipeline.train import build_trainer
+    from pipeline.common.ray_utils import init_ray
+    from pipeline.train.trainer import build_trainer
 
     out = Path(args.work) / "ray-run"
     shutil.rmtree(out, ignore_errors=True)
@@ -98,7 +99,7 @@ def load_split(store, split: str):
     """One split of the store as padded tensors (the collate the Ray side uses, applied once)."""
     import pyarrow.parquet as pq
 
-    from pipeline.data import PaddedBatchCollate, select_split
+    from pipeline.train.data import PaddedBatchCollate, select_split
 
     table = pq.read_table(list(store.files))
     table = select_split(
@@ -123,10 +124,10 @@ def run_plain(args) -> dict:
 
     import torch
 
-    from pipeline.data import inspect_store
-    from pipeline.metrics import classification_metrics
-    from pipeline.model import build_model
-    from pipeline.train import batch_losses, model_config_for
+    from pipeline.crif.metrics import classification_metrics
+    from pipeline.crif.model import build_model
+    from pipeline.train.data import inspect_store
+    from pipeline.train.trainer import batch_losses, model_config_for
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -233,7 +234,7 @@ def main(argv=None) -> dict:
     if args.smoke:
         args.epochs, args.videos_per_camera, args.clips = 2, 10, 4
 
-    from pipeline.benchmark_data import BenchmarkData, generate_benchmark_store
+    from pipeline.synthetic.crosscam import BenchmarkData, generate_benchmark_store
 
     work = Path(args.out) / "training-work"
     shutil.rmtree(work, ignore_errors=True)

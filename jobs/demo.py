@@ -22,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.extract import ExtractConfig, extract_features  # noqa: E402
-from pipeline.ray_utils import init_ray  # noqa: E402
-from pipeline.score import ScoreConfig, score_videos  # noqa: E402
-from pipeline.synthetic import SyntheticConfig, generate_synthetic_dataset  # noqa: E402
-from pipeline.train import TrainConfig, run_training  # noqa: E402
+from pipeline.common.ray_utils import init_ray  # noqa: E402
+from pipeline.extract.job import ExtractConfig, extract_features  # noqa: E402
+from pipeline.score.batch import ScoreConfig, score_videos  # noqa: E402
+from pipeline.synthetic.videos import SyntheticConfig, generate_synthetic_dataset  # noqa: E402
+from pipeline.train.trainer import TrainConfig, run_training  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
 
 
 def _test_paths(data: dict) -> list[str]:
-    from pipeline.manifest import read_msrvtt
+    from pipeline.ingest.manifest import read_msrvtt
 
     manifest = read_msrvtt(data["annotations"], str(data["videos"]))
     return [row.path for row in manifest.rows if row.split == "test"]

@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.experiments import GRID_CHOICES, ExperimentConfig, run_experiments  # noqa: E402
-from pipeline.ray_utils import init_ray  # noqa: E402
-from pipeline.tune import parse_param  # noqa: E402
+from pipeline.common.ray_utils import init_ray  # noqa: E402
+from pipeline.tune.grids import GRID_CHOICES, ExperimentConfig, run_experiments  # noqa: E402
+from pipeline.tune.sweep import parse_param  # noqa: E402
 
 
 def parse_args(argv=None) -> tuple[ExperimentConfig, argparse.Namespace]:

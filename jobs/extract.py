@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.extract import ExtractConfig, extract_features  # noqa: E402
-from pipeline.ray_utils import init_ray  # noqa: E402
+from pipeline.common.ray_utils import init_ray  # noqa: E402
+from pipeline.extract.job import ExtractConfig, extract_features  # noqa: E402
 
 
 def parse_args(argv=None) -> tuple[ExtractConfig, argparse.Namespace]:

@@ -10,7 +10,7 @@
 --videos is the video directory or a feature store extracted from it (its dataset.json names
 the videos and annotations; its clean features are reused when the S3D set-up matches).
 --annotations: MSR-VTT-format JSON with the labels; the --split (test) videos are scored.
-Shifts (pipeline/shifts.py) at severities 1-3; --quick: severity 2 only, 24 test videos.
+Shifts (pipeline/score/shifts.py) at severities 1-3; --quick: severity 2 only, 24 test videos.
 Writes OUT/robustness.md, robustness.png, robustness.json; a rerun resumes.
 """
 
@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.ray_utils import init_ray  # noqa: E402
-from pipeline.robustness import RobustnessConfig, run_robustness  # noqa: E402
-from pipeline.shifts import SEVERITIES, SHIFTS  # noqa: E402
+from pipeline.common.ray_utils import init_ray  # noqa: E402
+from pipeline.score.robustness import RobustnessConfig, run_robustness  # noqa: E402
+from pipeline.score.shifts import SEVERITIES, SHIFTS  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.ray_utils import init_ray  # noqa: E402
-from pipeline.score import FORMATS, ScoreConfig, score_videos  # noqa: E402
+from pipeline.common.ray_utils import init_ray  # noqa: E402
+from pipeline.score.batch import FORMATS, ScoreConfig, score_videos  # noqa: E402
 
 
 def parse_args(argv=None):

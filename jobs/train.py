@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.ray_utils import init_ray  # noqa: E402
-from pipeline.train import TrainConfig, run_training  # noqa: E402
+from pipeline.common.ray_utils import init_ray  # noqa: E402
+from pipeline.train.trainer import TrainConfig, run_training  # noqa: E402
 
 CHOICES = {
     "semantic": ("text", "audio"),

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import tune as tuning  # noqa: E402
-from pipeline.ray_utils import init_ray  # noqa: E402
+from pipeline.common.ray_utils import init_ray  # noqa: E402
 
 
 def parse_args(argv=None) -> tuple[tuning.SweepConfig, argparse.Namespace]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline import store
-from pipeline.data import (
+from pipeline.train.data import (
     HOLDOUT_BUCKETS,
     PaddedBatchCollate,
     build_datasets,

@@ -17,9 +17,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.losses import LossWeights
-from pipeline.model import CRIFConfig, build_model
-from pipeline.train import batch_losses, gather_batch
+from pipeline.crif.losses import LossWeights
+from pipeline.crif.model import CRIFConfig, build_model
+from pipeline.train.trainer import batch_losses, gather_batch
 
 BATCH, STEPS = 8, 2
 

@@ -8,9 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import experiments, report
-from pipeline.benchmark_data import BenchmarkData, generate_benchmark_store
-from pipeline.train import TrainConfig
+from pipeline.synthetic.crosscam import BenchmarkData, generate_benchmark_store
+from pipeline.train.trainer import TrainConfig
+from pipeline.tune import grids as experiments
+from pipeline.tune import report
 
 TINY = BenchmarkData(num_classes=4, train_cameras=2, test_cameras=1, videos_per_camera=30, clips=3)
 TINY_TRAIN = {"epochs": 2, "batch_size": 16, "hidden_dim": 16, "shared_dim": 16, "rho": 8}

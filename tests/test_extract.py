@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from pipeline import store
-from pipeline.extract import ExtractConfig, extract_features
-from pipeline.synthetic import SyntheticConfig, generate_synthetic_dataset
+from pipeline.extract.job import ExtractConfig, extract_features
+from pipeline.synthetic.videos import SyntheticConfig, generate_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = {"s3d_weights": "random", "clip_len": 16, "clip_stride": 16}

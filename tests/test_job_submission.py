@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cluster_checks import (
+from pipeline.common.cluster_checks import (
     AuthenticationFailedError,
     ClusterUnreachableError,
     GpuUnavailableError,
@@ -125,7 +125,7 @@ def _extract_available() -> bool:
 @pytest.mark.skipif(not _extract_available(), reason="jobs/extract.py not written yet")
 def test_extract_job_on_synthetic_data(token_head, tmp_path):
     from pipeline import store
-    from pipeline.synthetic import SyntheticConfig, generate_synthetic_dataset
+    from pipeline.synthetic.videos import SyntheticConfig, generate_synthetic_dataset
 
     dataset = generate_synthetic_dataset(
         tmp_path / "synthetic",

@@ -1,4 +1,4 @@
-"""Every branch of every loss in pipeline/losses.py against values worked out by hand."""
+"""Every branch of every loss in pipeline/crif/losses.py against values worked out by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pipeline.losses import (
+from pipeline.crif.losses import (
     ALIGNMENT_FUNCTIONS,
     LossWeights,
     alignment_loss,
@@ -18,7 +18,7 @@ from pipeline.losses import (
     l2_alignment,
     ssan_alignment,
 )
-from pipeline.model import ALIGN_FUNCTIONS, CRIFConfig, CRIFOutput, build_model
+from pipeline.crif.model import ALIGN_FUNCTIONS, CRIFConfig, CRIFOutput, build_model
 
 torch.set_num_threads(1)
 LN2 = math.log(2.0)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.manifest import (
+from pipeline.ingest.manifest import (
     MSRVTT_CATEGORIES,
     Manifest,
     ManifestError,
@@ -24,7 +24,7 @@ from pipeline.manifest import (
     read_folder,
     read_msrvtt,
 )
-from pipeline.sources import tar_index
+from pipeline.ingest.sources import tar_index
 
 
 def write_json(path: Path, document) -> Path:
@@ -464,14 +464,17 @@ def test_real_sample_videos(shared_data):
 
 
 def test_sources_layer_is_re_exported_by_manifest():
-    import pipeline.manifest as manifest
-    import pipeline.sources as sources
+    import pipeline.ingest.manifest as manifest
+    import pipeline.ingest.sources as sources
 
     for name in ("ARCHIVE_SEPARATOR", "VIDEO_EXTENSIONS", "ManifestError", "find_videos",
                  "open_input", "read_folder"):  # fmt: skip
         assert getattr(manifest, name) is getattr(sources, name), name
     # either module may be imported first (manifest imports sources, not the reverse)
-    code = "import pipeline.sources, pipeline.manifest; pipeline.sources.read_folder"
+    code = (
+        "import pipeline.ingest.sources, pipeline.ingest.manifest; "
+        "pipeline.ingest.sources.read_folder"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 

@@ -1,11 +1,11 @@
-"""pipeline/metrics.py against hand-computed values."""
+"""pipeline/crif/metrics.py against hand-computed values."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.metrics import classification_metrics, multi_label_metrics, single_label_metrics
+from pipeline.crif.metrics import classification_metrics, multi_label_metrics, single_label_metrics
 
 DESCENDING = [6.0, 5.0, 4.0, 3.0, 2.0, 1.0]  # ranks classes 0, 1, 2, 3, 4, 5
 ASCENDING = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]  # ranks classes 5, 4, 3, 2, 1, 0

@@ -1,4 +1,4 @@
-"""CRIF model (pipeline/model.py) with tiny configs; expected shapes come from the config."""
+"""CRIF model (pipeline/crif/model.py) with tiny configs; expected shapes come from the config."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from pipeline.losses import LossWeights, crif_losses
-from pipeline.model import (
+from pipeline.crif.losses import LossWeights, crif_losses
+from pipeline.crif.model import (
     ABLATIONS,
     BACKBONES,
     FUSIONS,

@@ -87,14 +87,14 @@ def _nodes_used_by_concurrent_tasks(count: int) -> set[str]:
 
 
 def _dataset(workdir: Path) -> dict:
-    from pipeline.synthetic import SyntheticConfig, generate_synthetic_dataset
+    from pipeline.synthetic.videos import SyntheticConfig, generate_synthetic_dataset
 
     config = SyntheticConfig(num_videos=VIDEOS, num_classes=2, duration=1.6, seed=7)
     return generate_synthetic_dataset(workdir / "synthetic", config)
 
 
 def _extract(dataset: dict, out: Path) -> dict:
-    from pipeline.extract import ExtractConfig, extract_features
+    from pipeline.extract.job import ExtractConfig, extract_features
 
     config = ExtractConfig(
         videos=str(dataset["videos"]),
@@ -173,7 +173,7 @@ def _extract_losing_a_node(cluster, dataset: dict, out: Path) -> tuple[dict, _Re
 
 
 def _train(store: Path, workdir: Path) -> dict:
-    from pipeline.train import TrainConfig, run_training
+    from pipeline.train.trainer import TrainConfig, run_training
 
     config = TrainConfig(
         features=str(store),
@@ -197,7 +197,7 @@ def run_scenario(workdir: Path) -> dict:
     node, 2-worker DDP training losing a worker; a JSON-able summary."""
     import ray
 
-    from pipeline.cluster_checks import check_shared_storage, cluster_node_hosts
+    from pipeline.common.cluster_checks import check_shared_storage, cluster_node_hosts
 
     started = time.monotonic()
     seconds = {}

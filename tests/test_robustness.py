@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.robustness import (
+from pipeline.score.robustness import (
     QUICK,
     RobustnessConfig,
     conditions,
@@ -18,7 +18,7 @@ from pipeline.robustness import (
     run_robustness,
     summarize,
 )
-from pipeline.shifts import SEVERITIES, SHIFTS
+from pipeline.score.shifts import SEVERITIES, SHIFTS
 
 CLIP = {"weights": "random", "clip_len": 16, "clip_stride": 16}
 
@@ -75,14 +75,14 @@ def test_config_conditions_and_quick():
 
 
 def write_tiny_model(directory: Path, ablation: str, seed: int) -> Path:
-    """A randomly initialised CRIF model in the exported-checkpoint layout of pipeline.train."""
+    """A randomly initialised CRIF model in the exported-checkpoint layout of the trainer."""
     import torch
     from safetensors.torch import save_file
 
     from feature_extractors import build_extractor
-    from pipeline.manifest import MSRVTT_CATEGORIES
-    from pipeline.model import CRIFConfig, build_model
-    from pipeline.train import CHECKPOINT_INFO, CHECKPOINT_WEIGHTS
+    from pipeline.crif.model import CRIFConfig, build_model
+    from pipeline.ingest.manifest import MSRVTT_CATEGORIES
+    from pipeline.train.trainer import CHECKPOINT_INFO, CHECKPOINT_WEIGHTS
 
     semantic = 0 if ablation == "baseline" else 8
     config = CRIFConfig(num_classes=20, semantic_dim=semantic, ablation=ablation,
@@ -106,7 +106,7 @@ def write_tiny_model(directory: Path, ablation: str, seed: int) -> Path:
 
 @pytest.mark.slow
 def test_tiny_run_shares_features_and_resumes(ray_session, tmp_path):
-    from pipeline.synthetic import SyntheticConfig, generate_synthetic_dataset
+    from pipeline.synthetic.videos import SyntheticConfig, generate_synthetic_dataset
 
     data = generate_synthetic_dataset(
         tmp_path / "data",

@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import store
-from pipeline.extract import ExtractConfig, extract_features
-from pipeline.manifest import read_msrvtt
-from pipeline.score import ScoreConfig, score_videos
-from pipeline.synthetic import Camera, SyntheticConfig, generate_synthetic_dataset
+from pipeline.extract.job import ExtractConfig, extract_features
+from pipeline.ingest.manifest import read_msrvtt
+from pipeline.score.batch import ScoreConfig, score_videos
+from pipeline.synthetic.videos import Camera, SyntheticConfig, generate_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = {"s3d_weights": "random", "clip_len": 16, "clip_stride": 16}
@@ -28,7 +28,7 @@ CLIP = {"s3d_weights": "random", "clip_len": 16, "clip_stride": 16}
 @pytest.fixture(scope="module")
 def trained(ray_session, tmp_path_factory):
     """A synthetic set, its feature store, and a CRIF model trained on it (local mode)."""
-    from pipeline.train import TrainConfig, run_training
+    from pipeline.train.trainer import TrainConfig, run_training
 
     root = tmp_path_factory.mktemp("scoring")
     # One neutral camera for every split: this checks scoring, not cross-camera transfer.
@@ -132,8 +132,8 @@ def test_scores_a_folder_like_training_evaluation_and_reruns_add_nothing(trained
 
 def test_scores_equal_training_evaluation_on_the_same_features(trained, tmp_path):
     """jobs/score.py on videos == the trained model on the store extracted from them."""
-    from pipeline.data import pad_sequences
-    from pipeline.train import load_checkpoint
+    from pipeline.train.data import pad_sequences
+    from pipeline.train.trainer import load_checkpoint
 
     _test_videos(trained, tmp_path / "videos")
     summary = score_videos(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.shifts import (
+from pipeline.score.shifts import (
     SEVERITIES,
     SHIFTS,
     apply_shift,

@@ -10,8 +10,8 @@ import decord
 import numpy as np
 import pytest
 
-from pipeline.manifest import MSRVTT_CATEGORIES, read_msrvtt
-from pipeline.synthetic import (
+from pipeline.ingest.manifest import MSRVTT_CATEGORIES, read_msrvtt
+from pipeline.synthetic.videos import (
     DEFAULT_CAMERAS,
     Camera,
     SyntheticConfig,
@@ -105,7 +105,7 @@ def test_without_aac_encoder_videos_are_written_silent_with_a_warning(tmp_path, 
 
 
 def test_captions_name_the_class():
-    from pipeline.synthetic import _CLASS_WORDS, _captions
+    from pipeline.synthetic.videos import _CLASS_WORDS, _captions
 
     rng = np.random.default_rng(0)
     for label in range(20):

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from pipeline import store
-from pipeline.data import PaddedBatchCollate
-from pipeline.losses import LossWeights, crif_losses
-from pipeline.model import CRIFConfig, build_model
-from pipeline.train import (
+from pipeline.crif.losses import LossWeights, crif_losses
+from pipeline.crif.model import CRIFConfig, build_model
+from pipeline.train.data import PaddedBatchCollate
+from pipeline.train.trainer import (
     CHECKPOINT_INFO,
     CHECKPOINT_WEIGHTS,
     TrainConfig,
@@ -129,7 +129,7 @@ def test_exported_checkpoint_scores_like_metrics_json(local_run):
     batch = collate(table)
     with torch.no_grad():
         logits = model.predict(batch["visual"], batch["visual_mask"]).numpy()
-    from pipeline.metrics import classification_metrics
+    from pipeline.crif.metrics import classification_metrics
 
     expected = json.loads((Path(config.out) / "metrics.json").read_text())["splits"]["test"]
     assert classification_metrics(logits, batch["labels"].numpy(), "single_label") == expected

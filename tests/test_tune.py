@@ -15,9 +15,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pipeline import tune as tuning
-from pipeline.benchmark_data import BenchmarkData, generate_benchmark_store
-from pipeline.train import TrainConfig
+from pipeline.synthetic.crosscam import BenchmarkData, generate_benchmark_store
+from pipeline.train.trainer import TrainConfig
+from pipeline.tune import sweep as tuning
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,7 +172,7 @@ def _start_driver(ray, store: str, out: Path, log: Path) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_sweep_killed_resumed_and_best_model_scores(ray_session, tmp_path):
-    from pipeline.score import CRIFScorer, model_id, resolve_model_dir
+    from pipeline.score.batch import CRIFScorer, model_id, resolve_model_dir
     from pipeline.store import read_store
 
     store = tmp_path / "store"

@@ -3,7 +3,7 @@
     config = CRIFConfig(num_classes=20, visual_dim=1024, semantic_dim=384)
     model = build_model(config)
     output = model(visual, visual_mask, semantic, semantic_mask)  # training: every branch
-    terms = crif_losses(output, labels, config, LossWeights())     # pipeline.losses
+    terms = crif_losses(output, labels, config, LossWeights())     # pipeline.crif.losses
     logits = model.predict(visual, visual_mask)                    # inference: video only
 
 Information flow (paper section III, eqs. 1-3, 6-9, 14, 16):
@@ -57,7 +57,7 @@ ABLATIONS = ("baseline", "align", "inference", "fusion", "full")
 FUSIONS = ("concat", "plus", "mult", "max", "min")
 BACKBONES = ("gru", "vilt")
 TASKS = ("single_label", "multi_label")
-ALIGN_FUNCTIONS = ("coral", "l2", "kl", "ssan")  # implemented in pipeline.losses
+ALIGN_FUNCTIONS = ("coral", "l2", "kl", "ssan")  # implemented in pipeline.crif.losses
 ALIGN_TARGETS = ("clip", "whole")
 
 # Which optional branches each ablation builds (and so which loss terms it has).

@@ -36,9 +36,9 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig
 from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from pipeline.data import inspect_store, read_datasets
 from pipeline.store import atomic_write_bytes, read_dataset_json
-from pipeline.train import TrainConfig, build_trainer, export_model, metrics_document
+from pipeline.train.data import inspect_store, read_datasets
+from pipeline.train.trainer import TrainConfig, build_trainer, export_model, metrics_document
 
 __all__ = [
     "DEFAULT_SPACE",
@@ -326,7 +326,7 @@ def _sweep_trial(
 
 
 def _run_training_task(loop_config: dict[str, Any], datasets: dict | None) -> dict[str, Any]:
-    from pipeline.train import TrainConfig, run_training
+    from pipeline.train.trainer import TrainConfig, run_training
 
     return run_training(TrainConfig(**loop_config), datasets=datasets)
 
@@ -398,7 +398,7 @@ def _scheduler(config: SweepConfig, epochs: int):
 
 def _export_best(rows: list[dict], out: Path, metric: str) -> dict[str, Any]:
     """OUT/best: the best completed trial's last-epoch model, metrics.json and curves."""
-    from pipeline.plots import plot_learning_curves
+    from pipeline.common.plots import plot_learning_curves
 
     completed = [row for row in rows if row["status"] == "completed" and row[metric] is not None]
     if not completed:
@@ -416,7 +416,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     """Run (or resume) the sweep; export the best model; write the table and the plots."""
     import ray
 
-    from pipeline import report
+    from pipeline.tune import report
 
     out = Path(config.out).resolve()
     base = config.base_config(out=str(out))

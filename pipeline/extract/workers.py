@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pyarrow as pa
 
-from pipeline.decode import DecodeError, decode_audio, iter_clips
+from pipeline.ingest.decode import DecodeError, decode_audio, iter_clips
 
 __all__ = [
     "S3DFeatures",
@@ -50,7 +50,7 @@ def _clip_row(video_id, path, frames, **values) -> dict:
 def decode_clips(batch: dict, config: dict, shift: dict | None = None):
     """One video (batch of one row) -> one row per clip: uint8 frames (L, crop, crop, 3).
 
-    ``shift``: an optional simulated camera shift (pipeline.shifts), seeded per video id.
+    ``shift``: an optional simulated camera shift (pipeline.score.shifts), seeded per video id.
     """
     s3d = _s3d_config(config)
     video_id, path = str(batch["video_id"][0]), str(batch["path"][0])

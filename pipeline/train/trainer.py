@@ -6,7 +6,7 @@
     model, info = load_checkpoint("outputs/run/model")
 
 Decisions:
-- Data comes from the store through Ray Data (``pipeline.data``). "train" is split across
+- Data comes from the store through Ray Data (``pipeline.train.data``). "train" is split across
   workers (equal shards); "val", "test" and "train_eval" (train again, unshuffled) are read
   whole by rank 0, which scores them on the visual-only path ``CRIF.predict``.
 - ``batch_size`` is global: each of W workers takes ``batch_size // W`` rows per step.
@@ -56,11 +56,17 @@ from ray.train.torch import TorchTrainer
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.data import PaddedBatchCollate, StoreSplits, inspect_store, read_datasets
-from pipeline.losses import LossWeights, crif_losses
-from pipeline.metrics import classification_metrics
-from pipeline.model import CRIFConfig, CRIFOutput, ablation_branches, build_model, training_stages
+from pipeline.crif.losses import LossWeights, crif_losses
+from pipeline.crif.metrics import classification_metrics
+from pipeline.crif.model import (
+    CRIFConfig,
+    CRIFOutput,
+    ablation_branches,
+    build_model,
+    training_stages,
+)
 from pipeline.store import atomic_write_bytes, read_dataset_json
+from pipeline.train.data import PaddedBatchCollate, StoreSplits, inspect_store, read_datasets
 
 __all__ = [
     "CHECKPOINT_INFO",
@@ -689,7 +695,7 @@ def build_trainer(
 ) -> TorchTrainer:
     """THE TorchTrainer of the project (jobs/train.py, the benchmark and tuning use it).
 
-    ``datasets`` defaults to the store's splits (``pipeline.data.read_datasets``: in memory
+    ``datasets`` defaults to the store's splits (``pipeline.train.data.read_datasets``: in memory
     when the store is below ``materialize_below_mb``); ``run_config`` defaults
     to ``default_run_config`` (Tune passes its own storage path and name).
     """
@@ -717,7 +723,7 @@ def run_training(config: TrainConfig, *, datasets: dict[str, Any] | None = None)
 
     ``datasets`` defaults to the store's splits; a caller that trains many models on one
     store (the experiment grids) passes them read once (``Dataset.materialize``)."""
-    from pipeline.plots import plot_learning_curves
+    from pipeline.common.plots import plot_learning_curves
 
     config = config.resolved()
     out = Path(config.out)

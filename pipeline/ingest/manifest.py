@@ -16,7 +16,8 @@ Usage::
 Videos are found as ``<root>/<video_id>.<ext>`` (any of :data:`VIDEO_EXTENSIONS`, any case)
 with one pyarrow-filesystem listing per root, so ``s3://``, ``gs://`` and ``file://`` roots
 work like local directories. Listing and opening files, folders, list files and tar archives
-(:func:`find_videos`, :func:`open_input`, :func:`read_folder`) live in :mod:`pipeline.sources`
+(:func:`find_videos`, :func:`open_input`, :func:`read_folder`) live in
+:mod:`pipeline.ingest.sources`
 and are re-exported here.
 """
 
@@ -26,18 +27,15 @@ import json
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
-# The filesystem, folder and archive layer lives in pipeline.sources; its public names are
-# re-exported here so ``from pipeline.manifest import open_input, read_folder`` keeps working.
-from pipeline.sources import (
+# The filesystem, folder and archive layer lives in pipeline.ingest.sources; its public names are
+# re-exported here: ``from pipeline.ingest.manifest import open_input, read_folder`` works.
+from pipeline.ingest.records import Manifest, ManifestError, ManifestRow, manifest_schema
+from pipeline.ingest.sources import (
     ARCHIVE_SEPARATOR,
     VIDEO_EXTENSIONS,
-    ManifestError,
     find_videos,
     open_input,
     read_folder,
@@ -66,69 +64,6 @@ MSRVTT_CATEGORIES: tuple[str, ...] = (
 )  # fmt: skip
 _MSRVTT_SPLITS = {"train": "train", "validate": "val", "val": "val", "test": "test"}
 _TASKS = ("single_label", "multi_label")
-
-
-@dataclass(frozen=True)
-class ManifestRow:
-    """One listed video; ``path`` is None when its file was not found."""
-
-    video_id: str
-    path: str | None
-    split: str  # "train" | "val" | "test" | "unlabeled"
-    label: int | None
-    labels: tuple[int, ...] = ()  # every label of the video, for multi-label tasks
-    captions: tuple[str, ...] = ()
-    segments: tuple[tuple[float, float], ...] = ()  # (start, end) seconds per caption
-    duration: float | None = None
-
-
-def manifest_schema() -> pa.Schema:
-    """The Arrow schema of :meth:`Manifest.to_table`."""
-    return pa.schema(
-        [
-            ("video_id", pa.string()),
-            ("path", pa.string()),
-            ("split", pa.string()),
-            ("label", pa.int32()),
-            ("labels", pa.list_(pa.int32())),
-            ("captions", pa.list_(pa.string())),
-            ("segments", pa.list_(pa.list_(pa.float64()))),
-            ("duration", pa.float64()),
-        ]
-    )
-
-
-@dataclass
-class Manifest:
-    """Rows of one dataset plus what could not be matched (reported, never silently dropped)."""
-
-    name: str
-    task: str  # "single_label" | "multi_label"
-    class_names: list[str]
-    rows: list[ManifestRow]
-    missing: list[str] = field(default_factory=list)  # listed video ids with no file found
-    unknown: list[str] = field(default_factory=list)  # ids without ground truth (excluded)
-    skipped: int = 0  # non-video entries of a folder, list or archive
-
-    def found(self) -> list[ManifestRow]:
-        """Rows whose file exists."""
-        return [row for row in self.rows if row.path is not None]
-
-    def to_table(self) -> pa.Table:
-        """All rows as an Arrow table; name, task and class names travel in the metadata."""
-        columns = {
-            "video_id": [row.video_id for row in self.rows],
-            "path": [row.path for row in self.rows],
-            "split": [row.split for row in self.rows],
-            "label": [row.label for row in self.rows],
-            "labels": [list(row.labels) for row in self.rows],
-            "captions": [list(row.captions) for row in self.rows],
-            "segments": [[list(segment) for segment in row.segments] for row in self.rows],
-            "duration": [row.duration for row in self.rows],
-        }
-        metadata = {"name": self.name, "task": self.task, "class_names": self.class_names}
-        schema = manifest_schema().with_metadata({"manifest": json.dumps(metadata)})
-        return pa.table(columns, schema=schema)
 
 
 # ------------------------------------------------------------------------ JSON helpers

@@ -1,6 +1,6 @@
 """Where video bytes come from: local paths, pyarrow-filesystem URIs, folders, lists, tar archives.
 
-The lower layer of :mod:`pipeline.manifest` (which re-exports everything public here):
+The lower layer of :mod:`pipeline.ingest.manifest` (which re-exports everything public here):
 
     found = find_videos("s3://bucket/msrvtt/videos")     # video id -> location, one listing
     manifest = read_folder("incoming/batch.tar")          # unlabeled rows for scoring
@@ -28,12 +28,11 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 import pyarrow.fs as pafs
 
-if TYPE_CHECKING:
-    from pipeline.manifest import Manifest
+from pipeline.ingest.records import Manifest, ManifestError, ManifestRow
 
 __all__ = [
     "ARCHIVE_SEPARATOR",
@@ -51,10 +50,6 @@ ARCHIVE_SEPARATOR = "::"  # "<archive.tar>::<member name>" addresses one member 
 _ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _LIST_SUFFIXES = (".txt", ".lst")
 _INDEXED_ARCHIVES = 64  # tar indexes a process keeps (least recently used are dropped)
-
-
-class ManifestError(ValueError):
-    """Bad dataset input; the message names the file and the entry at fault."""
 
 
 # ------------------------------------------------------------------------ filesystems
@@ -367,8 +362,7 @@ def read_folder(source: str) -> Manifest:
     tar headers and never extracted, and their ids are sanitised stems, never paths. Repeated
     stems get ``-2``, ``-3``... suffixes (with a warning) so ids stay unique.
     """
-    # Imported here: pipeline.manifest imports this module (it re-exports its names).
-    from pipeline.manifest import Manifest, ManifestRow
+    # Imported here: pipeline.ingest.manifest imports this module (it re-exports its names).
 
     source = str(source)
     if source.split("?")[0].lower().endswith(_ARCHIVE_SUFFIXES):

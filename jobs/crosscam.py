@@ -1,12 +1,12 @@
 """The synthetic cross-camera benchmark: does the privileged modality help on unseen cameras?
 
 Trains baseline / align / inference / fusion / full x GRU / ViLT x 3 seeds on generated
-features (pipeline/benchmark_data.py) and writes OUT/benchmark.md and OUT/benchmark.json
+features (pipeline/synthetic/crosscam.py) and writes OUT/benchmark.md and OUT/benchmark.json
 (Acc-1 / Acc-5 on the unseen test cameras, mean and spread over seeds):
 
-    python jobs/benchmark.py --out outputs/benchmark            # about 5-10 minutes on 2 CPUs
-    python jobs/benchmark.py --out outputs/benchmark-quick --quick   # smoke test, ~1 minute
-    ray job submit --working-dir . -- python jobs/benchmark.py --out /mnt/shared/benchmark
+    python jobs/crosscam.py --out outputs/benchmark            # about 5-10 minutes on 2 CPUs
+    python jobs/crosscam.py --out outputs/benchmark-quick --quick   # smoke test, ~1 minute
+    ray job submit --working-dir . -- python jobs/crosscam.py --out /mnt/shared/benchmark
 
 Each cell runs the project's training loop through build_trainer in Ray Train local mode
 (one process per cell, cells in parallel as Ray tasks of one CPU each).
@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.benchmark_data import BenchmarkPlan, quick_plan, run_benchmark  # noqa: E402
-from pipeline.ray_utils import init_ray  # noqa: E402
+from pipeline.common.ray_utils import init_ray  # noqa: E402
+from pipeline.synthetic.crosscam import BenchmarkPlan, quick_plan, run_benchmark  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from pipeline import store
-from pipeline.benchmark_data import (
+from pipeline.synthetic.crosscam import (
     ABLATIONS,
     BenchmarkData,
     benchmark_markdown,
@@ -85,7 +85,7 @@ def test_summary_and_table_from_cells():
 
 
 def test_quick_benchmark_runs_and_writes_the_table(tmp_path, ray_session):
-    spec = importlib.util.spec_from_file_location("benchmark_job", REPO / "jobs" / "benchmark.py")
+    spec = importlib.util.spec_from_file_location("benchmark_job", REPO / "jobs" / "crosscam.py")
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
     job.main(["--out", str(tmp_path), "--quick"])

@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 from ray import tune
 
-from pipeline import report
-from pipeline.benchmark_data import BenchmarkData, generate_benchmark_store
-from pipeline.data import inspect_store
-from pipeline.metrics import classification_metrics
-from pipeline.report import SEMANTIC_OUTPUTS, collect_outputs, tsne_figure, with_semantic
-from pipeline.train import TrainConfig, load_checkpoint, run_training
-from pipeline.tune import (
+from pipeline.crif.metrics import classification_metrics
+from pipeline.synthetic.crosscam import BenchmarkData, generate_benchmark_store
+from pipeline.train.data import inspect_store
+from pipeline.train.trainer import TrainConfig, load_checkpoint, run_training
+from pipeline.tune import report
+from pipeline.tune.report import SEMANTIC_OUTPUTS, collect_outputs, tsne_figure, with_semantic
+from pipeline.tune.sweep import (
     TRAIN_FIELDS,
     concurrent_trials,
     fit_or_restore,
@@ -98,7 +98,7 @@ TSNE_MODELS = {
     "alignment": ("none", "clip-coral"),
     "backbones": ("gru-baseline", "gru-align"),
 }
-# Quick: the benchmark's training recipe (pipeline.benchmark_data.BenchmarkPlan) on a smaller
+# Quick: the benchmark's training recipe (pipeline.synthetic.crosscam.BenchmarkPlan) on a smaller
 # store, local mode; a run's time is mostly start-up, so epochs cost little.
 QUICK_TRAIN = dict(
     epochs=12, batch_size=64, hidden_dim=128, shared_dim=128, rho=64, align_warmup=2,

@@ -4,7 +4,7 @@
 
 Two Ray Data stages, both resumable:
 
-1. Visual features, by the extraction job's own code (:func:`pipeline.extract.extract_modality`)
+1. Visual features, by the extraction job's own code (:func:`pipeline.extract.job.extract_modality`)
    with exactly the S3D preprocessing and weights recorded in the model's checkpoint, into
    ``OUT/_features``: decode tasks -> S3D actor pool. A different S3D set-up is refused.
    With ``features=`` an existing feature store is read instead (same check on its config).
@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import store
-from pipeline.extract import ExtractConfig, extract_modality, parts_directory
+from pipeline.extract.job import ExtractConfig, extract_modality, parts_directory
 
 __all__ = [
     "CRIFScorer",
@@ -78,7 +78,7 @@ class ScoreConfig:
 
 def resolve_model_dir(path: str | Path) -> Path:
     """The directory holding checkpoint.json and the weights."""
-    from pipeline.train import CHECKPOINT_INFO
+    from pipeline.train.trainer import CHECKPOINT_INFO
 
     path = Path(path)
     for candidate in (path, path / "model", path / "best" / "model"):
@@ -91,7 +91,7 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 def model_id(model_dir: Path) -> str:
     """``crif-<hash of the weights>``: names a model's prediction parts."""
-    from pipeline.train import CHECKPOINT_WEIGHTS
+    from pipeline.train.trainer import CHECKPOINT_WEIGHTS
 
     digest = hashlib.sha256((model_dir / CHECKPOINT_WEIGHTS).read_bytes()).hexdigest()
     return f"crif-{digest[:12]}"
@@ -131,7 +131,7 @@ class CRIFScorer:
     def __init__(self, model_dir: str, top_k: int, model_id: str, device: str = "cpu"):
         import torch
 
-        from pipeline.train import load_checkpoint
+        from pipeline.train.trainer import load_checkpoint
 
         self.torch = torch
         self.model, info = load_checkpoint(model_dir, device=device)
@@ -141,7 +141,7 @@ class CRIFScorer:
         self.width = info["modalities"]["visual"]["dim"]
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        from pipeline.data import pad_sequences
+        from pipeline.train.data import pad_sequences
 
         visual, mask = pad_sequences(table.column("visual"), self.width)
         with self.torch.inference_mode():
@@ -288,7 +288,7 @@ def _features(config: ScoreConfig, info: dict, out: Path, use_gpu: bool):
             f"feature store {config.features}",
         )
         return {}, [], store.list_parquet_files(config.features), 0
-    from pipeline.manifest import read_folder
+    from pipeline.ingest.manifest import read_folder
 
     manifest = read_folder(config.videos)
     rows = manifest.rows[: config.limit] if config.limit else list(manifest.rows)
@@ -318,7 +318,7 @@ def extract_visual(
     """S3D features of manifest ``rows``, made exactly as ``description`` says, under ``out``.
 
     The extraction job's own pipeline (resumable parts); ``shift`` simulates a camera shift
-    at decode time (pipeline.shifts; give each shift its own ``out``). Returns (part files,
+    at decode time (pipeline.score.shifts; give each shift its own ``out``). Returns (part files,
     failure rows of these videos).
     """
     s3d = description["config"]

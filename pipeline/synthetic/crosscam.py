@@ -20,7 +20,7 @@ in: every method sees the same videos, labels and epochs, and scores on video al
 
 Test rows have no text (privileged information is absent at inference); val rows come from
 the training cameras. ``run_benchmark`` trains every ablation x backbone x seed through
-``pipeline.train.train_loop`` (Train V2 local mode, one process per cell) and tabulates
+``pipeline.train.trainer.train_loop`` (Train V2 local mode, one process per cell) and tabulates
 Acc-1 / Acc-5 on the unseen cameras. Every ablation is trained end to end (eq. 22); the
 ablations in ``BenchmarkPlan.multistage`` (the full CRIF) are also trained with the paper's
 three stages, as rows of their own: ``full (multistage)``.
@@ -146,7 +146,7 @@ def generate_benchmark_store(root: str | Path, config: BenchmarkData) -> dict[st
         for camera in range(count):
             rows += _camera_videos(config, world, rng, f"{name[:-8]}cam{camera}", test)
         atomic_write_table(pa.Table.from_pylist(rows, schema=schema), root / f"{name}.parquet")
-    generator = {"generator": "pipeline.benchmark_data", **dataclasses.asdict(config)}
+    generator = {"generator": "pipeline.synthetic.crosscam", **dataclasses.asdict(config)}
     write_dataset_json(
         root,
         {
@@ -194,7 +194,7 @@ def _run_cell(config_dict: dict[str, Any], datasets: dict[str, Any]) -> dict[str
     """
     import torch
 
-    from pipeline.train import TrainConfig, build_trainer
+    from pipeline.train.trainer import TrainConfig, build_trainer
 
     torch.set_num_threads(1)
     _quiet_ray_logs()
@@ -243,7 +243,7 @@ def run_benchmark(out: str | Path, plan: BenchmarkPlan) -> dict[str, Any]:
     """Generate one store per seed, train every cell, write benchmark.{json,md} under out."""
     import ray
 
-    from pipeline.data import build_datasets, inspect_store
+    from pipeline.train.data import build_datasets, inspect_store
 
     out = Path(out)
     _quiet_ray_logs()

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.model import CRIFConfig, CRIFOutput, ablation_branches, training_stages
+from pipeline.crif.model import CRIFConfig, CRIFOutput, ablation_branches, training_stages
 
 __all__ = [
     "ALIGNMENT_FUNCTIONS",

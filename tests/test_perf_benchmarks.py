@@ -2,7 +2,7 @@
 
 No timing is asserted: the numbers belong to the full runs (README, Performance).
 
-    .venv/bin/python -m pytest -q tests/test_benchmarks.py
+    .venv/bin/python -m pytest -q tests/test_perf_benchmarks.py
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Simulated camera shifts: pure functions on uint8 frames (T, H, W, 3), each at 3 severities.
 
-The cross-camera robustness report (:mod:`pipeline.robustness`) scores the same test videos
+The cross-camera robustness report (:mod:`pipeline.score.robustness`) scores the same test videos
 seen through other cameras: darker or brighter exposure, lower contrast, a colour cast, soft
 optics, sensor noise, a low-resolution sensor, a low-bitrate H.264 stream, a low frame rate.
 Each shift is a pure function of the frames and one parameter (and a random generator for

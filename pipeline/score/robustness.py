@@ -5,13 +5,13 @@
 
 The paper's claim (DESIGN.md) is that privileged text/audio makes the visual path generalise
 across cameras. This job scores the same labelled test videos through every camera shift of
-:data:`pipeline.shifts.SHIFTS` at each severity, plus the clean videos, with every model:
+:data:`pipeline.score.shifts.SHIFTS` at each severity, plus the clean videos, with every model:
 
 1. Features, once per (S3D set-up, condition) and shared by all models with that set-up: the
-   extraction job's pipeline (:func:`pipeline.score.extract_visual`: decode tasks with the
+   extraction job's pipeline (:func:`pipeline.score.batch.extract_visual`: decode tasks with the
    shift applied to each clip -> S3D actor pool) into ``OUT/_features/<set-up>/<condition>/``.
 2. Predictions, per model for all conditions at once (one actor pool start): the scoring
-   job's CRIF actor pool (:func:`pipeline.score.scoring_pipeline`) into atomic parts under
+   job's CRIF actor pool (:func:`pipeline.score.batch.scoring_pipeline`) into atomic parts under
    ``OUT/_predictions/<model>/``, keyed ``<condition>/<video_id>``.
 3. ``OUT/robustness.json`` (every number), ``OUT/robustness.md`` (tables) and
    ``OUT/robustness.png`` (accuracy vs severity per shift, one line per model).
@@ -31,8 +31,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline import store
-from pipeline.manifest import read_msrvtt
-from pipeline.score import (
+from pipeline.ingest.manifest import read_msrvtt
+from pipeline.score.batch import (
     check_visual_description,
     extract_visual,
     model_id,
@@ -40,7 +40,7 @@ from pipeline.score import (
     scoring_pipeline,
     visual_description,
 )
-from pipeline.shifts import SEVERITIES, SHIFTS, shift_tag, validate_shift
+from pipeline.score.shifts import SEVERITIES, SHIFTS, shift_tag, validate_shift
 
 __all__ = [
     "QUICK",

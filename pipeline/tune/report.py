@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.data import PaddedBatchCollate, StoreSplits, inspect_store, select_split
-from pipeline.train import load_checkpoint
+from pipeline.train.data import PaddedBatchCollate, StoreSplits, inspect_store, select_split
+from pipeline.train.trainer import load_checkpoint
 
 __all__ = [
     "SEMANTIC_OUTPUTS",

@@ -7,7 +7,7 @@ the container (any codec), kept at its native rate and down-mixed by averaging c
 resampling to 16 kHz is the audio extractor's own preprocessing.
 
 Paths may be local files, pyarrow-filesystem URIs or ``archive.tar::member`` references;
-the latter two are read into memory (one video) through :func:`pipeline.manifest.open_input`.
+the latter two are read into memory (one video) through :func:`pipeline.ingest.manifest.open_input`.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def _source(path: str):
             raise DecodeError("empty file (0 bytes)")
         yield local
         return
-    from pipeline.manifest import open_input
+    from pipeline.ingest.manifest import open_input
 
     with open_input(path) as handle:
         data = handle.read()
@@ -138,7 +138,7 @@ def iter_clips(
 
     ``frames`` is uint8 (clip_len, crop, crop, 3), already preprocessed. Frames are fetched
     per clip (decord seeks), so at most one clip is held in memory. ``shift`` (a
-    :mod:`pipeline.shifts` description, ``{"name", "severity", "seed"}``) simulates another
+    :mod:`pipeline.score.shifts` description, ``{"name", "severity", "seed"}``) simulates another
     camera on each clip's decoded frames, before the crop, seeded by ``key`` (default: path).
     """
     from feature_extractors.s3d import plan_clips, preprocess_frames
@@ -160,7 +160,7 @@ def iter_clips(
             position = {index: row for row, index in enumerate(unique)}
             frames = decoded[[position[index] for index in indices]]
             if shift is not None:
-                from pipeline.shifts import shift_clip
+                from pipeline.score.shifts import shift_clip
 
                 frames = shift_clip(frames, shift, key or path, number)
             yield number, len(plans), plan, preprocess_frames(frames, config)

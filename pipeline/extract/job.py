@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import store
-from pipeline.extract_workers import (
+from pipeline.extract.workers import (
     S3DFeatures,
     TextFeatures,
     VGGishFeatures,
@@ -169,7 +169,7 @@ def extract_features(config: ExtractConfig) -> dict:
 
 
 def _read_manifest(config: ExtractConfig):
-    from pipeline import manifest
+    from pipeline.ingest import manifest
 
     if config.dataset == "msrvtt":
         return manifest.read_msrvtt(
@@ -191,7 +191,7 @@ def parts_directory(out: Path, modality: str, description: dict, shift: dict | N
     """Where the parts of one extractor config go; a camera shift gets its own directory."""
     name = f"{modality}-{_config_hash(description)}"
     if shift is not None:  # shifted features never mix with clean ones
-        from pipeline.shifts import shift_tag
+        from pipeline.score.shifts import shift_tag
 
         name = f"{name}-{shift_tag(shift)}"
     return out / PARTS_DIR / name
@@ -223,7 +223,7 @@ def extract_modality(config, modality, description, rows, out, use_gpu, shift=No
     """Extract one modality of ``rows`` into parts under ``out``; resumable.
 
     ``shift`` (visual only): a simulated camera shift applied at decode time
-    (:mod:`pipeline.shifts`); its parts go to their own directory (:func:`parts_directory`).
+    (:mod:`pipeline.score.shifts`); its parts go to their own directory (:func:`parts_directory`).
     """
     if shift is not None and modality != "visual":
         raise ValueError(f"a camera shift applies to visual features only, not {modality}")

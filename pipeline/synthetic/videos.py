@@ -32,8 +32,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.manifest import MSRVTT_CATEGORIES
-from pipeline.shifts import gaussian_blur_float, resize_float
+from pipeline.ingest.manifest import MSRVTT_CATEGORIES
+from pipeline.score.shifts import gaussian_blur_float, resize_float
 
 __all__ = [
     "DEFAULT_CAMERAS",
@@ -360,7 +360,7 @@ def generate_synthetic_dataset(
             results = list(pool.map(make, *arguments, chunksize=4))
     else:
         results = list(map(make, *arguments))
-    info = {"generator": "pipeline.synthetic", "seed": config.seed}
+    info = {"generator": "pipeline.synthetic.videos", "seed": config.seed}
     documents = {
         part: {"info": info, "videos": [], "sentences": []} for part in ("train_val", "test")
     }

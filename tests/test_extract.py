@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from part_snapshots import assert_rerun_skipped, part_ids
 
 from pipeline import store
 from pipeline.extract.job import ExtractConfig, extract_features
@@ -188,9 +189,11 @@ def test_killed_run_resumes_to_the_same_rows(synthetic, synthetic_store, tmp_pat
     os.killpg(process.pid, signal.SIGKILL)  # the driver and every Ray process it started
     process.wait()
     assert list(parts.glob("visual-*/*.parquet")), "the run never wrote a part"
+    killed_parts = part_ids(parts, "visual-*/*.parquet")
     finished = _run_extract(args, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output, _ = finished.communicate(timeout=400)
     assert finished.returncode == 0, output[-3000:]
+    assert_rerun_skipped(killed_parts, part_ids(parts, "visual-*/*.parquet"))
     store.validate_store(out)
     resumed = store.read_store(out, columns=["video_id", "visual"]).sort_by("video_id")
     clean = store.read_store(reference, columns=["video_id", "visual"]).sort_by("video_id")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from part_snapshots import assert_rerun_skipped, part_ids
 
 from pipeline import store
 from pipeline.extract.job import ExtractConfig, extract_features
@@ -262,10 +263,13 @@ def test_killed_scoring_rerun_gives_the_same_rows(trained, tmp_path):
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    feature_parts = out / "_features" / "_parts"
+    killed_parts = part_ids(feature_parts, "visual-*/*.parquet")
     finished = subprocess.run(
         command, env=env, cwd=REPO, capture_output=True, text=True, timeout=400
     )
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-2000:]
+    assert_rerun_skipped(killed_parts, part_ids(feature_parts, "visual-*/*.parquet"))
     table = pq.read_table(out / "predictions.parquet")
     assert sorted(table.column("video_id").to_pylist()) == sorted(labels)
     assert set(table.column("status").to_pylist()) == {"ok"}

@@ -80,9 +80,9 @@ def write_tiny_model(directory: Path, ablation: str, seed: int) -> Path:
     from safetensors.torch import save_file
 
     from feature_extractors import build_extractor
+    from pipeline.artifact import CHECKPOINT_INFO, CHECKPOINT_WEIGHTS
     from pipeline.crif.model import CRIFConfig, build_model
     from pipeline.ingest.manifest import MSRVTT_CATEGORIES
-    from pipeline.train.trainer import CHECKPOINT_INFO, CHECKPOINT_WEIGHTS
 
     semantic = 0 if ablation == "baseline" else 8
     config = CRIFConfig(num_classes=20, semantic_dim=semantic, ablation=ablation,

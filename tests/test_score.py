@@ -133,8 +133,8 @@ def test_scores_a_folder_like_training_evaluation_and_reruns_add_nothing(trained
 
 def test_scores_equal_training_evaluation_on_the_same_features(trained, tmp_path):
     """jobs/score.py on videos == the trained model on the store extracted from them."""
+    from pipeline.artifact import load_model
     from pipeline.train.data import pad_sequences
-    from pipeline.train.trainer import load_checkpoint
 
     _test_videos(trained, tmp_path / "videos")
     summary = score_videos(
@@ -145,7 +145,7 @@ def test_scores_equal_training_evaluation_on_the_same_features(trained, tmp_path
     scored = {
         r["video_id"]: r["probabilities"] for r in pq.read_table(summary["predictions"]).to_pylist()
     }
-    model, _ = load_checkpoint(trained["run"] / "model")
+    model, _ = load_model(trained["run"] / "model")
     table = store.read_store(trained["features"], columns=["video_id", "visual"])
     table = table.filter(
         np.isin(table.column("video_id").to_numpy(zero_copy_only=False), list(scored))

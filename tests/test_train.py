@@ -13,18 +13,11 @@ import pytest
 import torch
 
 from pipeline import store
+from pipeline.artifact import CHECKPOINT_INFO, CHECKPOINT_WEIGHTS, load_model
 from pipeline.crif.losses import LossWeights, crif_losses
 from pipeline.crif.model import CRIFConfig, build_model
 from pipeline.train.data import PaddedBatchCollate
-from pipeline.train.trainer import (
-    CHECKPOINT_INFO,
-    CHECKPOINT_WEIGHTS,
-    TrainConfig,
-    batch_losses,
-    load_checkpoint,
-    run_training,
-    stage_plan,
-)
+from pipeline.train.trainer import TrainConfig, batch_losses, run_training, stage_plan
 
 REPO = Path(__file__).resolve().parents[1]
 SINGLE_LABEL_KEYS = {"acc1", "acc5", "macro_f1"}
@@ -118,7 +111,7 @@ def test_metrics_json_contract(local_run):
 def test_exported_checkpoint_scores_like_metrics_json(local_run):
     """Round trip: RUN_DIR/model alone rebuilds the model and reproduces the test metrics."""
     config, summary = local_run
-    model, info = load_checkpoint(summary["model"])
+    model, info = load_model(summary["model"])
     assert info["class_names"] == ["c0", "c1", "c2", "c3"] and info["epoch"] == 2
     assert info["modalities"]["visual"]["config"] == {"fps": 1}
     assert info["modalities"]["text"]["dim"] == 8
@@ -280,7 +273,7 @@ def test_two_workers_resume_after_an_injected_failure(two_worker_run):
         f"checkpoint_epoch={EPOCHS - 2:04d}",
         f"checkpoint_epoch={EPOCHS - 1:04d}",
     ]
-    assert load_checkpoint(Path(config.out) / "model")[1]["epoch"] == EPOCHS - 1
+    assert load_model(Path(config.out) / "model")[1]["epoch"] == EPOCHS - 1
 
 
 @pytest.mark.slow

@@ -172,7 +172,8 @@ def _start_driver(ray, store: str, out: Path, log: Path) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_sweep_killed_resumed_and_best_model_scores(ray_session, tmp_path):
-    from pipeline.score.batch import CRIFScorer, model_id, resolve_model_dir
+    from pipeline.artifact import model_id, resolve_model_dir
+    from pipeline.score.batch import CRIFScorer
     from pipeline.store import read_store
 
     store = tmp_path / "store"

@@ -16,8 +16,6 @@ are compacted into the store's ``shard-*.parquet`` files, one shard per hash buc
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 import uuid
@@ -30,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import store
+from pipeline.artifact import ExtractorSetup
 from pipeline.extract.workers import (
     S3DFeatures,
     TextFeatures,
@@ -182,14 +181,9 @@ def _read_manifest(config: ExtractConfig):
     )
 
 
-def _config_hash(description: dict) -> str:
-    text = json.dumps(description, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
 def parts_directory(out: Path, modality: str, description: dict, shift: dict | None = None) -> Path:
     """Where the parts of one extractor config go; a camera shift gets its own directory."""
-    name = f"{modality}-{_config_hash(description)}"
+    name = f"{modality}-{ExtractorSetup.from_description(description).setup_key()}"
     if shift is not None:  # shifted features never mix with clean ones
         from pipeline.score.shifts import shift_tag
 
@@ -202,7 +196,8 @@ def _check_compatible(out: Path, modality: str, description: dict) -> None:
     if not (out / store.DATASET_JSON).is_file():
         return
     existing = store.read_dataset_json(out)["modalities"].get(modality)
-    if existing is not None and _config_hash(existing) != _config_hash(description):
+    key = ExtractorSetup.from_description(description).setup_key()
+    if existing is not None and ExtractorSetup.from_description(existing).setup_key() != key:
         raise store.StoreError(
             f"{out} already holds {modality} features from another extractor config "
             f"({existing['extractor']}, weights {existing['weights']}, {existing['config']}); "

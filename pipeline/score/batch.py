@@ -18,7 +18,6 @@ not be decoded (status ``failed`` with the reason). A rerun scores only what is 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import uuid
@@ -30,16 +29,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import store
+from pipeline.artifact import ExtractorSetup, model_id, read_checkpoint_info, resolve_model_dir
 from pipeline.extract.job import ExtractConfig, extract_modality, parts_directory
 
 __all__ = [
     "CRIFScorer",
     "ScoreConfig",
-    "check_visual_description",
     "extract_visual",
-    "model_id",
     "predict_visual",
-    "resolve_model_dir",
     "score_videos",
     "scoring_pipeline",
     "visual_description",
@@ -76,52 +73,18 @@ class ScoreConfig:
             raise ValueError("top_k must be >= 1")
 
 
-def resolve_model_dir(path: str | Path) -> Path:
-    """The directory holding checkpoint.json and the weights."""
-    from pipeline.train.trainer import CHECKPOINT_INFO
-
-    path = Path(path)
-    for candidate in (path, path / "model", path / "best" / "model"):
-        if (candidate / CHECKPOINT_INFO).is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"{path}: no trained model (expected {CHECKPOINT_INFO} in it or model/)"
-    )
-
-
-def model_id(model_dir: Path) -> str:
-    """``crif-<hash of the weights>``: names a model's prediction parts."""
-    from pipeline.train.trainer import CHECKPOINT_WEIGHTS
-
-    digest = hashlib.sha256((model_dir / CHECKPOINT_WEIGHTS).read_bytes()).hexdigest()
-    return f"crif-{digest[:12]}"
-
-
-def check_visual_description(expected: dict, actual: dict, where: str) -> None:
-    """Refuse features made with another extractor set-up than the model was trained on."""
-    keys = ("dim", "extractor", "weights", "config")
-    differences = [
-        k
-        for k in keys
-        if json.dumps(expected.get(k), sort_keys=True) != json.dumps(actual.get(k), sort_keys=True)
-    ]
-    if differences:
-        detail = "; ".join(
-            f"{k}: model {expected.get(k)!r} vs {actual.get(k)!r}" for k in differences
-        )
-        raise ValueError(f"{where}: visual features do not match the model's ({detail})")
-
-
 def visual_description(info: dict, s3d_weights: str | None = None) -> dict:
     """Rebuild the model's S3D extractor; its description must equal the recorded one."""
     from feature_extractors import build_extractor
 
-    recorded = info["modalities"]["visual"]
-    config = dict(recorded["config"])
+    recorded = ExtractorSetup.from_metadata(info, "visual")
+    config = dict(recorded.config)
     if s3d_weights:
         config["weights"] = s3d_weights
-    description = build_extractor(recorded["extractor"], config).describe()
-    check_visual_description(recorded, description, "S3D weights/preprocessing")
+    description = build_extractor(recorded.extractor, config).describe()
+    recorded.check_matches(
+        ExtractorSetup.from_description(description), "S3D weights/preprocessing"
+    )
     return description
 
 
@@ -131,10 +94,10 @@ class CRIFScorer:
     def __init__(self, model_dir: str, top_k: int, model_id: str, device: str = "cpu"):
         import torch
 
-        from pipeline.train.trainer import load_checkpoint
+        from pipeline.artifact import load_model
 
         self.torch = torch
-        self.model, info = load_checkpoint(model_dir, device=device)
+        self.model, info = load_model(model_dir, device=device)
         self.device, self.model_id = device, model_id
         self.task, self.class_names = info["task"], info["class_names"]
         self.top_k = min(top_k, len(self.class_names))
@@ -169,7 +132,7 @@ def score_videos(config: ScoreConfig) -> dict:
 
     started = time.perf_counter()
     model_dir = resolve_model_dir(config.model)
-    info = json.loads((model_dir / "checkpoint.json").read_text())
+    info = read_checkpoint_info(model_dir)
     identifier = model_id(model_dir)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -282,10 +245,8 @@ def _features(config: ScoreConfig, info: dict, out: Path, use_gpu: bool):
     description = visual_description(info, config.s3d_weights)
     if config.features:
         metadata = store.read_dataset_json(config.features)
-        check_visual_description(
-            info["modalities"]["visual"],
-            metadata["modalities"].get("visual", {}),
-            f"feature store {config.features}",
+        ExtractorSetup.from_metadata(info, "visual").check_matches(
+            ExtractorSetup.from_metadata(metadata, "visual"), f"feature store {config.features}"
         )
         return {}, [], store.list_parquet_files(config.features), 0
     from pipeline.ingest.manifest import read_folder

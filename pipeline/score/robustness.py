@@ -22,7 +22,6 @@ that cannot be decoded under a shift counts as a wrong answer (and in ``failed``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from dataclasses import asdict, dataclass
@@ -31,15 +30,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline import store
+from pipeline.artifact import ExtractorSetup, model_id, read_checkpoint_info, resolve_model_dir
 from pipeline.ingest.manifest import read_msrvtt
-from pipeline.score.batch import (
-    check_visual_description,
-    extract_visual,
-    model_id,
-    resolve_model_dir,
-    scoring_pipeline,
-    visual_description,
-)
+from pipeline.score.batch import extract_visual, scoring_pipeline, visual_description
 from pipeline.score.shifts import SEVERITIES, SHIFTS, shift_tag, validate_shift
 
 __all__ = [
@@ -109,7 +102,7 @@ class _Model:
     name: str  # display name: the run directory's name
     directory: Path  # the exported model
     identifier: str  # crif-<weights hash>
-    description: dict  # the S3D set-up its features must have
+    setup: ExtractorSetup  # the S3D set-up its features must have
     class_names: list[str]
     ablation: str
 
@@ -118,7 +111,7 @@ def _load_models(config: RobustnessConfig) -> list[_Model]:
     models, names = [], set()
     for run in config.models:
         directory = resolve_model_dir(run)
-        info = json.loads((directory / "checkpoint.json").read_text())
+        info = read_checkpoint_info(directory)
         if info.get("task", "single_label") != "single_label":
             raise ValueError(f"{run}: robustness reports single-label accuracy, not {info['task']}")
         name = base = Path(run).resolve().name
@@ -128,9 +121,9 @@ def _load_models(config: RobustnessConfig) -> list[_Model]:
             name = f"{base}-{suffix}"
         names.add(name)
         ablation = info.get("train_config", {}).get("ablation", "?")
-        description = visual_description(info, config.s3d_weights)
+        setup = ExtractorSetup.from_description(visual_description(info, config.s3d_weights))
         models.append(
-            _Model(name, directory, model_id(directory), description, info["class_names"], ablation)
+            _Model(name, directory, model_id(directory), setup, info["class_names"], ablation)
         )
     return models
 
@@ -154,23 +147,18 @@ def _test_rows(config: RobustnessConfig):
     return rows, list(manifest.class_names), metadata
 
 
-def _setup_key(description: dict) -> str:
-    text = json.dumps(description, sort_keys=True)
-    return "s3d-" + hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _features(config, description, shift, rows, out: Path, metadata, use_gpu) -> list[str]:
+def _features(config, setup, shift, rows, out: Path, metadata, use_gpu) -> list[str]:
     """Feature files of one condition: the given store's when clean and matching, or extracted."""
     if shift is None and metadata is not None:
         try:
-            check_visual_description(description, metadata["modalities"].get("visual", {}), "")
+            setup.check_matches(ExtractorSetup.from_metadata(metadata, "visual"), "")
             return store.list_parquet_files(config.videos)
         except ValueError:
             pass  # another S3D set-up: extract the clean features too
-    directory = out / "_features" / _setup_key(description) / _condition_name(shift)
+    directory = out / "_features" / f"s3d-{setup.setup_key()}" / _condition_name(shift)
     print(f"[robustness] features: {directory.parent.name} {directory.name}", flush=True)
     files, _ = extract_visual(
-        description,
+        setup.to_description(),
         rows,
         directory,
         use_gpu=use_gpu,
@@ -267,18 +255,18 @@ def run_robustness(config: RobustnessConfig) -> dict:
     use_gpu = (
         ray.cluster_resources().get("GPU", 0) > 0 if config.use_gpu is None else config.use_gpu
     )
-    setups = {_setup_key(model.description): model.description for model in models}
+    setups = {model.setup.setup_key(): model.setup for model in models}
     print(f"[robustness] {len(models)} model(s), {len(setups)} S3D set-up(s), {len(rows)} videos")
     shifts = conditions(config)
     files = {key: {} for key in setups}  # set-up -> condition -> feature files
     for shift in shifts:  # features once per S3D set-up and condition, shared by the models
-        for key, description in setups.items():
+        for key, setup in setups.items():
             files[key][_condition_name(shift)] = _features(
-                config, description, shift, rows, out, metadata, use_gpu
+                config, setup, shift, rows, out, metadata, use_gpu
             )
     results = []
     for model in models:
-        setup = files[_setup_key(model.description)]
+        setup = files[model.setup.setup_key()]
         parts = _predict(config, model, setup, set(labels), out, use_gpu)
         predictions = _prediction_keys(parts)
         for shift in shifts:

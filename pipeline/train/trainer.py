@@ -3,7 +3,9 @@
     config = TrainConfig(features="outputs/features", out="outputs/run")
     summary = run_training(config)  # data, Ray Train, RUN_DIR/model, metrics.json, curves
     trainer = build_trainer(config, run_config=RunConfig(storage_path=..., name=...))  # Tune
-    model, info = load_checkpoint("outputs/run/model")
+
+Checkpoints are written and read by ``pipeline.artifact`` (the model-directory format);
+this module hands them to Ray Train (``ray.train.report``) and takes them back on resume.
 
 Decisions:
 - Data comes from the store through Ray Data (``pipeline.train.data``). "train" is split across
@@ -53,9 +55,9 @@ import torch
 import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig
 from ray.train.torch import TorchTrainer
-from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 
+from pipeline.artifact import CHECKPOINT_FORMAT, export_model, read_checkpoint, write_checkpoint
 from pipeline.crif.losses import LossWeights, crif_losses
 from pipeline.crif.metrics import classification_metrics
 from pipeline.crif.model import (
@@ -69,17 +71,13 @@ from pipeline.store import atomic_write_bytes, read_dataset_json
 from pipeline.train.data import PaddedBatchCollate, StoreSplits, inspect_store, read_datasets
 
 __all__ = [
-    "CHECKPOINT_INFO",
-    "CHECKPOINT_WEIGHTS",
     "STRATEGIES",
     "TrainConfig",
     "batch_losses",
     "build_trainer",
     "default_run_config",
     "evaluate",
-    "export_model",
     "gather_batch",
-    "load_checkpoint",
     "metrics_document",
     "model_config_for",
     "run_training",
@@ -91,12 +89,6 @@ STRATEGIES = ("end2end", "multistage")
 FAIL_KINDS = ("raise", "kill")
 LR_DECAY = 0.1
 SEMANTIC_TERMS = ("L_semantic", "L_sim", "L_align", "L_recon_distance")
-# Checkpoint directory: weights (safetensors), everything else as JSON, and the optimiser /
-# scheduler state (torch.save of plain tensors and numbers: loads with weights_only=True).
-CHECKPOINT_WEIGHTS = "model.safetensors"
-CHECKPOINT_INFO = "checkpoint.json"
-CHECKPOINT_TRAIN_STATE = "train_state.pt"
-CHECKPOINT_FORMAT = "crif-checkpoint/1"
 KEEP_CHECKPOINTS = 2
 
 
@@ -533,10 +525,7 @@ def _checkpoint_info(run: _Run, epoch: int, state: dict) -> dict[str, Any]:
 
 
 def _write_checkpoint(directory: Path, run: _Run, info: dict, train_state: dict) -> None:
-    weights = {k: v.detach().cpu().contiguous() for k, v in run.module.state_dict().items()}
-    save_file(weights, directory / CHECKPOINT_WEIGHTS)
-    (directory / CHECKPOINT_INFO).write_text(json.dumps(info, indent=2))
-    torch.save(train_state, directory / CHECKPOINT_TRAIN_STATE)
+    write_checkpoint(directory, run.module.state_dict(), info, train_state)
 
 
 def _report_epoch(run: _Run, state: dict, train_state: dict, entry: dict) -> None:
@@ -582,60 +571,20 @@ def _restore(run: _Run) -> dict[str, Any]:
     checkpoint = _latest_checkpoint(run)
     if checkpoint is None:
         return state
-    with checkpoint.as_directory() as directory:
-        directory = Path(directory)
-        info = json.loads((directory / CHECKPOINT_INFO).read_text())
-        if info["model_config"] != run.model_config.to_dict():
-            raise ValueError(
-                f"{run.config.out} holds a checkpoint of another model config; "
-                "use a new out directory (or the original flags) to resume"
-            )
-        weights = load_file(directory / CHECKPOINT_WEIGHTS, device=str(run.device))
-        run.module.load_state_dict(weights)
-        train_state = torch.load(
-            directory / CHECKPOINT_TRAIN_STATE, map_location=run.device, weights_only=True
+    contents = read_checkpoint(checkpoint, device=run.device, train_state=True)
+    info = contents.info
+    if info["model_config"] != run.model_config.to_dict():
+        raise ValueError(
+            f"{run.config.out} holds a checkpoint of another model config; "
+            "use a new out directory (or the original flags) to resume"
         )
-    state.update(train_state)
+    run.module.load_state_dict(contents.weights)
+    state.update(contents.train_state)
     state.update(next_epoch=info["epoch"] + 1, history=info["history"])
     state["resumes"] = info["resumes"] + 1
     if run.rank == 0:
         print(f"resuming after epoch {info['epoch'] + 1} from {checkpoint.path}", flush=True)
     return state
-
-
-def export_model(checkpoint: Checkpoint | str | Path, directory: str | Path) -> Path:
-    """Copy a checkpoint's weights and info to ``directory`` (replaced whole, atomically)."""
-    directory = Path(directory)
-    if not isinstance(checkpoint, Checkpoint):
-        checkpoint = Checkpoint.from_directory(str(checkpoint))
-    staging = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex}")
-    staging.mkdir(parents=True)
-    with checkpoint.as_directory() as source:
-        for name in (CHECKPOINT_WEIGHTS, CHECKPOINT_INFO):
-            shutil.copy2(Path(source) / name, staging / name)
-    previous = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex}")
-    if directory.exists():
-        directory.rename(previous)
-    staging.rename(directory)
-    shutil.rmtree(previous, ignore_errors=True)
-    return directory
-
-
-def load_checkpoint(
-    path: Checkpoint | str | Path, device: str = "cpu"
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """(model in eval mode, info) from a checkpoint or an exported model directory.
-
-    ``info`` holds model_config, task, class_names, modalities (dims and extractor configs
-    from dataset.json), train_config, epoch and history.
-    """
-    checkpoint = path if isinstance(path, Checkpoint) else Checkpoint.from_directory(str(path))
-    with checkpoint.as_directory() as directory:
-        info = json.loads((Path(directory) / CHECKPOINT_INFO).read_text())
-        weights = load_file(Path(directory) / CHECKPOINT_WEIGHTS, device=device)
-    model = build_model(CRIFConfig.from_dict(info["model_config"]))
-    model.load_state_dict(weights)
-    return model.to(device).eval(), info
 
 
 def _progress_line(entry: dict[str, Any], epochs: int) -> str:

@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 from ray import tune
 
+from pipeline.artifact import load_model
 from pipeline.crif.metrics import classification_metrics
 from pipeline.synthetic.crosscam import BenchmarkData, generate_benchmark_store
 from pipeline.train.data import inspect_store
-from pipeline.train.trainer import TrainConfig, load_checkpoint, run_training
+from pipeline.train.trainer import TrainConfig, run_training
 from pipeline.tune import report
 from pipeline.tune.report import SEMANTIC_OUTPUTS, collect_outputs, tsne_figure, with_semantic
 from pipeline.tune.sweep import (
@@ -191,7 +192,7 @@ def _probe(train: dict, test: dict, names: tuple[str, ...], task: str) -> dict |
 
 def evaluate_run(model_dir: str | Path, features: str) -> dict[str, Any]:
     """Metrics of each head and fused set; video-only ones on test, † ones where possible."""
-    model, info = load_checkpoint(model_dir)
+    model, info = load_model(model_dir)
     store = inspect_store(features, info["semantic"])
     task = info["task"]
     splits = {name: collect_outputs(model, store, name) for name in ("train", "val", "test")}

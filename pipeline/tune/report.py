@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.artifact import load_model
 from pipeline.train.data import PaddedBatchCollate, StoreSplits, inspect_store, select_split
-from pipeline.train.trainer import load_checkpoint
 
 __all__ = [
     "SEMANTIC_OUTPUTS",
@@ -334,7 +334,7 @@ def tsne_figure(
     """Paper Fig. 3 (visual x_c of ``before`` vs ``after`` alignment, test videos of
     ``classes`` random classes) and Fig. 4 (visual vs semantic features of ``pairs`` videos of
     the aligned model: backbone outputs x, t before alignment, shared space x_a, t_a after)."""
-    (model_before, _), (model_after, info) = load_checkpoint(before), load_checkpoint(after)
+    (model_before, _), (model_after, info) = load_model(before), load_model(after)
     store = inspect_store(features, info["semantic"])
     test_before = collect_outputs(model_before, inspect_store(features, None), "test")
     test_after = collect_outputs(model_after, store, "test")

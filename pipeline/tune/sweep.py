@@ -36,9 +36,10 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig
 from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from pipeline.artifact import export_model
 from pipeline.store import atomic_write_bytes, read_dataset_json
 from pipeline.train.data import inspect_store, read_datasets
-from pipeline.train.trainer import TrainConfig, build_trainer, export_model, metrics_document
+from pipeline.train.trainer import TrainConfig, build_trainer, metrics_document
 
 __all__ = [
     "DEFAULT_SPACE",

@@ -59,8 +59,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MODALITIES = ("visual", "text", "audio")
-# Store columns a modality may not be named after (pipeline/store.py keeps the same rule).
-RESERVED_COLUMNS = ("video_id", "split", "label", "labels", "bucket")
 INPUT_KINDS = ("clips", "waveform", "captions")
 
 _REGISTRY: dict[str, type[Extractor]] = {}
@@ -208,10 +206,12 @@ def register_extractor(cls: type[Extractor]) -> type[Extractor]:
     """Class decorator: make `cls` buildable by name (and enrol it in the test suite)."""
     if not (isinstance(cls, type) and issubclass(cls, Extractor)):
         raise TypeError(f"{cls!r} is not an Extractor subclass")
-    if not _is_modality_name(cls.modality):
+    modality = cls.modality
+    if not (isinstance(modality, str) and modality.isidentifier() and modality.islower()):
+        # Which extra names a store takes (not another column's): pipeline/store.py.
         raise ValueError(
-            f"{cls.__name__}.modality must be one of {MODALITIES} or a lowercase identifier "
-            f"(not {RESERVED_COLUMNS}, not ending in _clip_times), got {cls.modality!r}"
+            f"{cls.__name__}.modality must be one of {MODALITIES} or another lowercase "
+            f"identifier, got {modality!r}"
         )
     if not (isinstance(cls.batch_size, int) and cls.batch_size >= 1):
         raise TypeError(f"{cls.__name__}.batch_size must be an int >= 1")
@@ -224,18 +224,6 @@ def register_extractor(cls: type[Extractor]) -> type[Extractor]:
         raise ValueError(f"extractor name {cls.name!r} already registered by {existing!r}")
     _REGISTRY[cls.name] = cls
     return cls
-
-
-def _is_modality_name(name: Any) -> bool:
-    if name in MODALITIES:
-        return True
-    return (
-        isinstance(name, str)
-        and name.isidentifier()
-        and name == name.lower()
-        and name not in RESERVED_COLUMNS
-        and not name.endswith("_clip_times")
-    )
 
 
 def available_extractors() -> list[str]:
@@ -388,7 +376,7 @@ def warn_random_weights(extractor_name: str) -> None:
         f"{extractor_name}: weights='random' (seeded init). The features carry NO pretrained "
         "semantics; use them for tests and plumbing only, never for reported results."
     )
-    warnings.warn(message, UserWarning, stacklevel=3)
+    warnings.warn(message, UserWarning, stacklevel=4)  # the extractor building its network
     logger.warning("%s", message)
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "StoreError",
     "atomic_write_bytes",
     "atomic_write_table",
+    "check_modality_name",
     "failure_schema",
     "list_parquet_files",
     "read_dataset_json",
@@ -170,8 +171,7 @@ def _check_metadata(metadata: dict[str, Any], where: Path) -> None:
     if not metadata["class_names"]:
         raise StoreError(f"{where}: class_names is empty")
     for name, info in metadata["modalities"].items():
-        if name not in MODALITIES and not _is_extra_modality(name):
-            raise StoreError(f"{where}: unknown modality {name!r}")
+        check_modality_name(name, where)
         for key in ("dim", "extractor", "weights", "config"):
             if key not in info:
                 raise StoreError(f"{where}: modality {name!r} lacks {key!r}")
@@ -182,15 +182,14 @@ def _check_metadata(metadata: dict[str, Any], where: Path) -> None:
             )
 
 
-def _is_extra_modality(name: Any) -> bool:
-    """A name an extra modality may have (module docstring)."""
-    return (
-        isinstance(name, str)
-        and name.isidentifier()
-        and name == name.lower()
-        and name not in RESERVED_COLUMNS
-        and not name.endswith("_clip_times")
-    )
+def check_modality_name(name: Any, where: str | os.PathLike = "dataset.json") -> None:
+    """Raise StoreError unless ``name`` is a contract modality or may be an extra one."""
+    if name in MODALITIES:
+        return
+    if not (isinstance(name, str) and name.isidentifier() and name == name.lower()):
+        raise StoreError(f"{where}: unknown modality {name!r} (extra ones: lowercase identifiers)")
+    if name in RESERVED_COLUMNS or name.endswith("_clip_times"):
+        raise StoreError(f"{where}: unknown modality {name!r} (the name of another column)")
 
 
 # ---------------------------------------------------------------------------- reading

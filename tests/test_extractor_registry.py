@@ -225,7 +225,7 @@ def test_failures_are_rows_and_a_rerun_resumes(extracted):
     assert store.read_store(out).sort_by("video_id").equals(before)
 
 
-def test_extra_modality_names_keep_the_contract(registered, tmp_path):
+def test_extra_modality_names_keep_the_contract(extracted, tmp_path):
     """Extra modalities may not take another column's name; the three keep their dims."""
     record = {"dim": 2, "extractor": "x", "weights": "none", "config": {}}
     metadata = {"name": "n", "task": "single_label", "class_names": ["a"], "modalities": {}}
@@ -247,10 +247,17 @@ def test_extra_modality_names_keep_the_contract(registered, tmp_path):
     with pytest.raises(store.StoreError, match="color"):
         store.validate_store(tmp_path)
 
-    class Clash(MeanColorExtractor):
-        name = "test-clash"
-        modality = "labels"
+    class Capitalised(MeanColorExtractor):
+        name = "test-capitalised"
+        modality = "Color"
 
-    with pytest.raises(ValueError, match="modality"):
-        register_extractor(Clash)
+    with pytest.raises(ValueError, match="lowercase identifier"):
+        register_extractor(Capitalised)
+    assert "test-capitalised" not in available_extractors()
     assert get_extractor("test-mean-color") is MeanColorExtractor
+    # A column's name is refused by the job before any work.
+    _, config, _, _, _, _, _ = extracted
+    with pytest.raises(store.StoreError, match="another column"):
+        extract_features(config, extractors={"labels": ("test-mean-color", {})})
+    with pytest.raises(ValueError, match="fills 'color', not 'colour'"):
+        extract_features(config, extractors={"colour": ("test-mean-color", {})})

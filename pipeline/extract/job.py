@@ -173,6 +173,7 @@ def extract_features(config: ExtractConfig, extractors: dict | None = None) -> d
             modality: extractor_configs(config)[modality] for modality in config.modalities
         }
     for modality, (name, extractor_config) in extractors.items():
+        store.check_modality_name(modality, "extractors")  # before any work, not at the end
         if get_extractor(name).modality != modality:
             raise ValueError(
                 f"extractor {name!r} fills {get_extractor(name).modality!r}, not {modality!r}"
@@ -255,7 +256,7 @@ def extract_modality(config, modality, description, rows, out, use_gpu, shift=No
     applied at decode time (:mod:`pipeline.score.shifts`); its parts go to their own directory
     (:func:`parts_directory`).
     """
-    extractor_class, requirements = _requirements(description)
+    _, requirements = _requirements(description)
     kind = requirements.inputs.kind
     if shift is not None and kind != "clips":
         raise ValueError(f"a camera shift applies to visual features only, not {modality}")

@@ -5,9 +5,16 @@ An extractor turns one modality of a video into float32 feature rows:
     extractor = build_extractor("s3d", {"weights": "random", "clip_len": 16})
     features = extractor(clips)            # (N, extractor.output_dim) float32
     record = extractor.describe()          # goes into dataset.json and model checkpoints
+    needs = get_extractor("s3d").requirements(extractor.config)
+    needs.inputs                           # ClipInputs(fps=15.0, resize=(256, 256), ...)
 
 `describe()` records the weights and the exact preprocessing (the frozen config), so a
 scoring job can rebuild the same extractor with `config_from_dict` and refuse a mismatch.
+`requirements(config)` is plain data for the extraction job, computed without loading a
+model: what decoding must deliver (`ClipInputs`, `WaveformInputs` or `CaptionInputs`), the
+store modality filled, the feature width when known, the default batch size and the actor
+resources. The job builds its Ray stages from it alone, so registering an extractor (even
+one defined outside this package) is all it takes to extract it.
 This package is torch-only on purpose: Ray glue lives in `pipeline/`.
 """
 
@@ -20,6 +27,7 @@ import logging
 import pickle
 import typing
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,7 +35,13 @@ import torch
 from torch import nn
 
 __all__ = [
+    "INPUT_KINDS",
+    "ActorResources",
+    "CaptionInputs",
+    "ClipInputs",
     "Extractor",
+    "Requirements",
+    "WaveformInputs",
     "available_extractors",
     "build_extractor",
     "config_from_dict",
@@ -36,6 +50,7 @@ __all__ = [
     "get_extractor",
     "load_state_dict_file",
     "load_state_dict_strict",
+    "load_weights",
     "register_extractor",
     "seeded_random_init",
     "warn_random_weights",
@@ -44,21 +59,90 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MODALITIES = ("visual", "text", "audio")
+INPUT_KINDS = ("clips", "waveform", "captions")
 
 _REGISTRY: dict[str, type[Extractor]] = {}
+
+
+# What an extractor needs from the pipeline (plain data) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class ClipInputs:
+    """Clips of RGB frames: the video resampled to `fps`, resized to `resize` (H, W),
+    centre-cropped to `crop`, cut into `clip_len` frames every `clip_stride` (resampled
+    frames; tail rule: s3d.plan_clips). The extractor gets uint8 (N, clip_len, crop, crop, 3)
+    and returns one feature per clip."""
+
+    kind: str = field(default="clips", init=False)
+    fps: float
+    resize: tuple[int, int]
+    crop: int
+    clip_len: int
+    clip_stride: int
+
+
+@dataclass(frozen=True)
+class WaveformInputs:
+    """The audio track: decoded mono at its native rate, then turned into model items by the
+    extractor's `prepare_audio` on the decode task (resampling to `sample_rate` included);
+    one item, and one feature, per `window_seconds` of audio every `hop_seconds`."""
+
+    kind: str = field(default="waveform", init=False)
+    sample_rate: int
+    window_seconds: float
+    hop_seconds: float
+
+
+@dataclass(frozen=True)
+class CaptionInputs:
+    """The video's captions (text, no decoding); one feature per caption."""
+
+    kind: str = field(default="captions", init=False)
+
+
+@dataclass(frozen=True)
+class ActorResources:
+    """How one model actor runs. num_gpus: per actor when the cluster has GPUs (0: CPU
+    always). concurrent_calls: calls one actor runs at once (2 lets the decode fused into
+    the actor overlap the model). all_cores: on CPU, torch uses every core the actor may use
+    (or the job's thread count) instead of Ray's per-actor num_cpus."""
+
+    num_gpus: float = 1.0
+    concurrent_calls: int = 1
+    all_cores: bool = False
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """Everything the extraction job needs to know about one extractor set-up.
+
+    modality: the store column it fills. output_dim: the feature width, None when only the
+    loaded model knows it (text). batch_size: default rows per model call.
+    """
+
+    modality: str
+    inputs: ClipInputs | WaveformInputs | CaptionInputs
+    output_dim: int | None
+    batch_size: int
+    resources: ActorResources
 
 
 class Extractor(abc.ABC):
     """One modality's feature extractor: weights loaded once in __init__, eval mode.
 
-    Subclasses set `name`, `modality`, `config_class`, fill `self.weights_description`
-    in __init__ (what was actually loaded), and implement `output_dim`, `__call__`
-    and `example_input`.
+    Subclasses set `name`, `modality`, `config_class` and `batch_size` (and `feature_dim`,
+    `resources` when the defaults do not fit), fill `self.weights_description` in __init__
+    (what was actually loaded), and implement `inputs`, `output_dim`, `__call__` and
+    `example_input`; waveform extractors also `prepare_audio`.
     """
 
     name: ClassVar[str]
-    modality: ClassVar[str]
+    modality: ClassVar[str]  # store column: visual | text | audio, or an extra modality
     config_class: ClassVar[type]
+    batch_size: ClassVar[int]  # default rows (clips, or videos) per model call
+    feature_dim: ClassVar[int | None] = None  # None: known once the model is loaded
+    resources: ClassVar[ActorResources] = ActorResources()
 
     def __init__(self, config: Any, device: str | torch.device = "cpu") -> None:
         if not isinstance(config, self.config_class):
@@ -69,6 +153,28 @@ class Extractor(abc.ABC):
         self.config = config
         self.device = torch.device(device)
         self.weights_description = "unset"
+
+    @classmethod
+    @abc.abstractmethod
+    def inputs(cls, config: Any) -> ClipInputs | WaveformInputs | CaptionInputs:
+        """What decoding must deliver for `config`: a pure function of the config, no model."""
+
+    @classmethod
+    def requirements(cls, config: Any) -> Requirements:
+        """The extraction job's view of this extractor with `config` (no model is loaded)."""
+        return Requirements(
+            modality=cls.modality,
+            inputs=cls.inputs(config),
+            output_dim=cls.feature_dim,
+            batch_size=cls.batch_size,
+            resources=cls.resources,
+        )
+
+    @classmethod
+    def prepare_audio(cls, config: Any, waveform: Any, sample_rate: int) -> Any:
+        """Waveform kind: one video's mono waveform at its native rate -> model items (N, ...),
+        on a CPU decode task (no model)."""
+        raise NotImplementedError(f"{cls.__name__} does not take a waveform")
 
     @property
     @abc.abstractmethod
@@ -100,8 +206,17 @@ def register_extractor(cls: type[Extractor]) -> type[Extractor]:
     """Class decorator: make `cls` buildable by name (and enrol it in the test suite)."""
     if not (isinstance(cls, type) and issubclass(cls, Extractor)):
         raise TypeError(f"{cls!r} is not an Extractor subclass")
-    if cls.modality not in MODALITIES:
-        raise ValueError(f"{cls.__name__}.modality must be one of {MODALITIES}")
+    modality = cls.modality
+    if not (isinstance(modality, str) and modality.isidentifier() and modality.islower()):
+        # Which extra names a store takes (not another column's): pipeline/store.py.
+        raise ValueError(
+            f"{cls.__name__}.modality must be one of {MODALITIES} or another lowercase "
+            f"identifier, got {modality!r}"
+        )
+    if not (isinstance(cls.batch_size, int) and cls.batch_size >= 1):
+        raise TypeError(f"{cls.__name__}.batch_size must be an int >= 1")
+    if not isinstance(cls.resources, ActorResources):
+        raise TypeError(f"{cls.__name__}.resources must be an ActorResources")
     if not (dataclasses.is_dataclass(cls.config_class) and _is_frozen(cls.config_class)):
         raise TypeError(f"{cls.__name__}.config_class must be a frozen dataclass")
     existing = _REGISTRY.get(cls.name)
@@ -137,13 +252,15 @@ def build_extractor(name: str, config: Any = None, device: str | torch.device = 
     return extractor_class(config, device=device)
 
 
-def config_from_dict(name: str, values: dict) -> Any:
-    """Rebuild the frozen config of extractor `name` from its JSON form (lists -> tuples).
+def config_from_dict(name: str | type[Extractor], values: dict) -> Any:
+    """Rebuild the frozen config of extractor `name` (or of an Extractor class: Ray workers
+    get the class itself) from its JSON form (lists -> tuples).
 
     Unknown keys are an error (a record from another version should not be half-read);
     missing keys take the defaults.
     """
-    config_class = get_extractor(name).config_class
+    extractor_class = name if isinstance(name, type) else get_extractor(name)
+    config_class = extractor_class.config_class
     field_types = typing.get_type_hints(config_class)
     known = {field.name for field in dataclasses.fields(config_class)}
     unknown = sorted(set(values) - known)
@@ -259,5 +376,34 @@ def warn_random_weights(extractor_name: str) -> None:
         f"{extractor_name}: weights='random' (seeded init). The features carry NO pretrained "
         "semantics; use them for tests and plumbing only, never for reported results."
     )
-    warnings.warn(message, UserWarning, stacklevel=3)
+    warnings.warn(message, UserWarning, stacklevel=4)  # the extractor building its network
     logger.warning("%s", message)
+
+
+def load_weights(
+    extractor_name: str,
+    weights: str,
+    build: typing.Callable[[], nn.Module],
+    *,
+    initialise: typing.Callable[[nn.Module], nn.Module],
+    ignore_prefixes: tuple[str, ...] = (),
+    named: dict[str, typing.Callable[[], dict[str, torch.Tensor]]] | None = None,
+) -> tuple[nn.Module, str]:
+    """A network and the description of its weights, the one way every extractor loads them.
+
+    weights: "random" (`initialise(build())` under a fixed seed, with the loud warning), a
+    name in `named` (its loader gives the state dict; described by the name) or the path of
+    a state-dict file (described by file name and hash). Loading is strict: keys starting
+    with `ignore_prefixes` (a classifier head, a bundled PCA) are dropped, every other key
+    must fit.
+    """
+    if weights == "random":
+        warn_random_weights(extractor_name)
+        return seeded_random_init(lambda: initialise(build())), "random"
+    if named and weights in named:
+        state_dict, description = named[weights](), weights
+    else:
+        state_dict, description = load_state_dict_file(weights), describe_file(weights)
+    module = build()
+    load_state_dict_strict(module, state_dict, source=str(weights), ignore_prefixes=ignore_prefixes)
+    return module, description

@@ -48,13 +48,12 @@ import torch
 from torch import nn
 
 from feature_extractors.base import (
+    ActorResources,
+    ClipInputs,
     Extractor,
-    describe_file,
     load_state_dict_file,
-    load_state_dict_strict,
+    load_weights,
     register_extractor,
-    seeded_random_init,
-    warn_random_weights,
 )
 
 __all__ = [
@@ -223,23 +222,22 @@ def build_s3d_backbone(weights: str) -> tuple[nn.Module, str]:
     AvgPool3d(2, 7, 7), then the mean over what is left of time and space (torchvision's
     own forward with the classifier replaced by the identity).
     """
+    return load_weights(
+        "s3d",
+        weights,
+        _headless_s3d,
+        initialise=_he_initialised,
+        ignore_prefixes=("classifier.",),
+        named={"kinetics400": _load_kinetics400_state_dict},
+    )
+
+
+def _headless_s3d() -> nn.Module:
     from torchvision.models.video import s3d
 
-    if weights == "random":
-        warn_random_weights("s3d")
-        model = seeded_random_init(lambda: _he_initialised(s3d(weights=None)))
-        model.classifier = nn.Identity()
-        return model, "random"
-    if weights == "kinetics400":
-        state_dict = _load_kinetics400_state_dict()
-        description = "kinetics400"
-    else:
-        state_dict = load_state_dict_file(weights)
-        description = describe_file(weights)
     model = s3d(weights=None)
     model.classifier = nn.Identity()
-    load_state_dict_strict(model, state_dict, source=str(weights), ignore_prefixes=("classifier.",))
-    return model, description
+    return model
 
 
 def compile_cache_dir() -> Path:
@@ -347,6 +345,11 @@ class S3DExtractor(Extractor):
     name = "s3d"
     modality = "visual"
     config_class = S3DConfig
+    batch_size = 4  # clips per model call
+    feature_dim = FEATURE_DIM
+    # Two calls per actor: one decodes its video (fused into the actor on CPUs) while the
+    # other holds the model; a lock keeps the model to one call at a time.
+    resources = ActorResources(concurrent_calls=2, all_cores=True)
 
     def __init__(
         self,
@@ -389,6 +392,16 @@ class S3DExtractor(Extractor):
             logger.warning("s3d: compiling failed (%s); using channels_last", error)
             return "channels_last"
         return "compile"
+
+    @classmethod
+    def inputs(cls, config: S3DConfig) -> ClipInputs:
+        return ClipInputs(
+            fps=config.fps,
+            resize=tuple(config.resize),
+            crop=config.crop,
+            clip_len=config.clip_len,
+            clip_stride=config.clip_stride,
+        )
 
     @property
     def output_dim(self) -> int:

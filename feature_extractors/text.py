@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from feature_extractors.base import Extractor, describe_file, register_extractor
+from feature_extractors.base import CaptionInputs, Extractor, describe_file, register_extractor
 
 __all__ = ["DEFAULT_MODEL_PACKAGE", "TextConfig", "TextExtractor", "default_model_dir", "pool"]
 
@@ -80,6 +80,11 @@ class TextExtractor(Extractor):
     name = "text"
     modality = "text"
     config_class = TextConfig
+    batch_size = 64  # videos per model call (their captions: config.batch_size at a time)
+
+    @classmethod
+    def inputs(cls, config: TextConfig) -> CaptionInputs:
+        return CaptionInputs()
 
     def __init__(self, config: TextConfig, device: str | torch.device = "cpu") -> None:
         super().__init__(config, device)

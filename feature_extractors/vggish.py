@@ -32,12 +32,10 @@ from torch import nn
 
 from feature_extractors.base import (
     Extractor,
+    WaveformInputs,
     describe_file,
-    load_state_dict_file,
-    load_state_dict_strict,
+    load_weights,
     register_extractor,
-    seeded_random_init,
-    warn_random_weights,
 )
 
 __all__ = [
@@ -280,14 +278,10 @@ def _he_initialised(network: VGGishNetwork) -> VGGishNetwork:
 
 def build_vggish_network(weights: str) -> tuple[VGGishNetwork, str]:
     """VGGishNetwork with "random" (seeded) or torchvggish-format weights, and a description."""
-    if weights == "random":
-        warn_random_weights("vggish")
-        return seeded_random_init(lambda: _he_initialised(VGGishNetwork())), "random"
-    network = VGGishNetwork()
-    state_dict = load_state_dict_file(weights)
     # A whole torchvggish VGGish state dict also holds its PCA as pproc.*: not ours to load.
-    load_state_dict_strict(network, state_dict, source=str(weights), ignore_prefixes=("pproc.",))
-    return network, describe_file(weights)
+    return load_weights(
+        "vggish", weights, VGGishNetwork, initialise=_he_initialised, ignore_prefixes=("pproc.",)
+    )
 
 
 @register_extractor
@@ -297,6 +291,8 @@ class VGGishExtractor(Extractor):
     name = "vggish"
     modality = "audio"
     config_class = VGGishConfig
+    batch_size = 8  # videos per model call (all their examples in one forward)
+    feature_dim = EMBEDDING_DIM
 
     def __init__(self, config: VGGishConfig, device: str | torch.device = "cpu") -> None:
         super().__init__(config, device)
@@ -307,6 +303,19 @@ class VGGishExtractor(Extractor):
         if config.pca is not None:
             description += f"; pca {describe_file(config.pca)}"
         self.weights_description = description
+
+    @classmethod
+    def inputs(cls, config: VGGishConfig) -> WaveformInputs:
+        return WaveformInputs(
+            sample_rate=config.sample_rate,
+            window_seconds=config.example_window_seconds,
+            hop_seconds=config.example_hop_seconds,
+        )
+
+    @classmethod
+    def prepare_audio(cls, config: VGGishConfig, waveform, sample_rate: int) -> np.ndarray:
+        """Native-rate waveform -> float32 (N, 96, 64) log-mel examples (waveform_to_examples)."""
+        return waveform_to_examples(waveform, sample_rate, config)
 
     @property
     def output_dim(self) -> int:

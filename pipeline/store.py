@@ -10,6 +10,15 @@ Layout of a store directory::
 Readers accept any number of ``*.parquet`` files in any row order and skip every
 directory whose name starts with ``_`` or ``.``. Every file is written atomically:
 it is written under a hidden temporary name and renamed into place.
+
+Extra modalities: besides the contract's ``visual``, ``text`` and ``audio`` (their names,
+types and the fixed widths of MODALITY_DIMS are unchanged), ``dataset.json`` may declare
+other modalities, filled by other registered extractors (feature_extractors). Each is named
+by a lowercase identifier that is no other column's name (not ``video_id``, ``split``,
+``label``, ``labels``, ``bucket``, nor ending in ``_clip_times``), has the same record
+``{dim, extractor, weights, config}`` and a ``list<list<float32>>`` column of that width,
+null where missing; validation checks them as it checks the three. Readers that know only
+the contract's modalities ignore them, as they ignore ``visual_clip_times``.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ __all__ = [
     "StoreError",
     "atomic_write_bytes",
     "atomic_write_table",
+    "check_modality_name",
     "failure_schema",
     "list_parquet_files",
     "read_dataset_json",
@@ -51,6 +61,7 @@ FAILURES_DIR = "_failures"
 TASKS = ("single_label", "multi_label")
 SPLITS = ("train", "val", "test")
 MODALITIES = ("visual", "text", "audio")
+RESERVED_COLUMNS = ("video_id", "split", "label", "labels", "bucket")
 # Fixed feature widths; text depends on the text model and is read from dataset.json.
 MODALITY_DIMS = {"visual": 1024, "audio": 128}
 
@@ -160,8 +171,7 @@ def _check_metadata(metadata: dict[str, Any], where: Path) -> None:
     if not metadata["class_names"]:
         raise StoreError(f"{where}: class_names is empty")
     for name, info in metadata["modalities"].items():
-        if name not in MODALITIES:
-            raise StoreError(f"{where}: unknown modality {name!r}")
+        check_modality_name(name, where)
         for key in ("dim", "extractor", "weights", "config"):
             if key not in info:
                 raise StoreError(f"{where}: modality {name!r} lacks {key!r}")
@@ -170,6 +180,16 @@ def _check_metadata(metadata: dict[str, Any], where: Path) -> None:
             raise StoreError(
                 f"{where}: modality {name!r} has dim {info['dim']}, expected {expected}"
             )
+
+
+def check_modality_name(name: Any, where: str | os.PathLike = "dataset.json") -> None:
+    """Raise StoreError unless ``name`` is a contract modality or may be an extra one."""
+    if name in MODALITIES:
+        return
+    if not (isinstance(name, str) and name.isidentifier() and name == name.lower()):
+        raise StoreError(f"{where}: unknown modality {name!r} (extra ones: lowercase identifiers)")
+    if name in RESERVED_COLUMNS or name.endswith("_clip_times"):
+        raise StoreError(f"{where}: unknown modality {name!r} (the name of another column)")
 
 
 # ---------------------------------------------------------------------------- reading
@@ -238,7 +258,7 @@ def validate_store(root: str | os.PathLike) -> dict[str, Any]:
             if split not in SPLITS:
                 raise StoreError(f"{path}: video {video_id!r} has split {split!r}")
         _check_labels(table, label_column, num_classes, path)
-        for modality in MODALITIES:
+        for modality in (*MODALITIES, *sorted(set(metadata["modalities"]) - set(MODALITIES))):
             if modality not in names:
                 continue
             if table.schema.field(modality).type != SEQUENCE:

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from feature_extractors import (
+    INPUT_KINDS,
     S3DConfig,
     S3DExtractor,
     TextConfig,
@@ -102,6 +103,44 @@ def test_rebuilt_from_record_gives_identical_features(name):
         rebuilt = build_extractor(name, record["config"])
     inputs = extractor.example_input(1)
     np.testing.assert_array_equal(rebuilt(inputs), extractor(inputs))
+
+
+# The fields each input kind must declare (feature_extractors/base.py), and how each kind's
+# declaration binds the extractor's own input contract (example_input).
+INPUT_FIELDS = {
+    "clips": {"kind", "fps", "resize", "crop", "clip_len", "clip_stride"},
+    "waveform": {"kind", "sample_rate", "window_seconds", "hop_seconds"},
+    "captions": {"kind"},
+}
+
+
+@pytest.mark.parametrize("name", available_extractors())
+def test_declared_requirements(name):
+    """What the extraction job reads (no model needed) agrees with the built extractor."""
+    extractor = built(name)
+    requirements = get_extractor(name).requirements(extractor.config)
+    assert dataclasses.asdict(requirements)  # plain data, all the way down
+    assert requirements.modality == extractor.modality
+    assert requirements.output_dim in (None, extractor.output_dim)
+    assert isinstance(requirements.batch_size, int) and requirements.batch_size >= 1
+    assert requirements.resources.num_gpus >= 0 and requirements.resources.concurrent_calls >= 1
+    inputs = requirements.inputs
+    assert inputs.kind in INPUT_KINDS
+    assert {field.name for field in dataclasses.fields(inputs)} == INPUT_FIELDS[inputs.kind]
+    example = extractor.example_input(2)
+    if inputs.kind == "clips":  # the decoded clips are what __call__ takes
+        assert example.shape[1:] == (inputs.clip_len, inputs.crop, inputs.crop, 3)
+        assert inputs.crop <= min(inputs.resize) and inputs.fps > 0
+    elif inputs.kind == "captions":
+        assert all(isinstance(caption, str) for caption in example)
+    else:  # prepare_audio turns a waveform into what __call__ takes
+        seconds = inputs.window_seconds + 3 * inputs.hop_seconds  # 44.1 kHz: resampled
+        waveform = np.random.default_rng(0).normal(0, 0.1, int(seconds * 44100))
+        items = get_extractor(name).prepare_audio(
+            extractor.config, waveform.astype(np.float32), 44100
+        )
+        assert 1 <= len(items) <= 4 and items.shape[1:] == example.shape[1:]
+        assert extractor(items).shape == (len(items), extractor.output_dim)
 
 
 def test_config_from_dict_rejects_unknown_fields():

@@ -1,11 +1,16 @@
 """The extraction job: videos of a dataset -> a feature store (DESIGN.md), on Ray Data.
 
-One Ray Data pipeline per modality, fed with rows of *paths* (never whole videos):
+One Ray Data pipeline per modality, fed with rows of *paths* (never whole videos), built
+from what the modality's registered extractor declares (``Extractor.requirements``): the
+decode step of its input kind, then one ``ExtractorActor`` pool:
 
-    visual: paths -> decode clips (CPU tasks, decord seeks, one clip in memory)
-                  -> S3D (actor pool, GPU when present) -> clip features
-    text:   captions -> text encoder (actor pool), batched across videos
-    audio:  paths -> decode audio + log-mel examples (CPU tasks) -> VGGish (actor pool)
+    visual (s3d, clips):    paths -> decode clips (CPU tasks, decord seeks, one clip in
+                            memory) -> S3D (actor pool, GPU when present) -> clip features
+    text (text, captions):  captions -> text encoder (actor pool), batched across videos
+    audio (vggish, waveform): paths -> decode audio + log-mel examples (CPU tasks) -> VGGish
+
+Any other registered extractor runs the same way: ``extract_features(config, extractors=
+{"color": ("mean-color", {...})})`` fills the extra modality ``color`` (pipeline/store.py).
 
 The driver collects finished videos and writes them in small atomic Parquet parts under
 ``_parts/<modality>-<config hash>/``; a rerun skips every video already there, so a killed
@@ -30,11 +35,11 @@ import pyarrow.parquet as pq
 from pipeline import store
 from pipeline.artifact import ExtractorSetup
 from pipeline.extract.workers import (
-    S3DFeatures,
-    TextFeatures,
-    VGGishFeatures,
-    decode_audio_examples,
-    decode_clips,
+    BATCH_FORMATS,
+    FAILURE_STAGES,
+    ExtractorActor,
+    prepare_clips,
+    prepare_waveform,
 )
 
 __all__ = [
@@ -101,8 +106,19 @@ class ExtractConfig:
             )
 
 
+# ExtractConfig's per-modality batch sizes; an extractor filling another modality uses its own
+# declared default (Extractor.batch_size).
+_BATCH_SIZE_FIELDS = {
+    "visual": "clip_batch_size",
+    "text": "text_batch_size",
+    "audio": "audio_batch_size",
+}
+# Preparers (pipeline/extract/workers.py) of the input kinds that need decoding.
+_PREPARERS = {"clips": prepare_clips, "waveform": prepare_waveform}
+
+
 def extractor_configs(config: ExtractConfig) -> dict[str, tuple[str, dict]]:
-    """modality -> (extractor name, extractor config dict)."""
+    """modality -> (extractor name, extractor config dict): the three defaults."""
     return {
         "visual": (
             "s3d",
@@ -132,11 +148,16 @@ class _Tally:
     failures: list = field(default_factory=list)
 
 
-def extract_features(config: ExtractConfig) -> dict:
-    """Run the job; return a summary (per modality ok/failed/skipped, throughput, paths)."""
+def extract_features(config: ExtractConfig, extractors: dict | None = None) -> dict:
+    """Run the job; return a summary (per modality ok/failed/skipped, throughput, paths).
+
+    ``extractors``: modality -> (registered extractor name, config dict), run instead of
+    ``config.modalities`` with :func:`extractor_configs`; how any registered extractor, one
+    filling an extra modality included, is extracted.
+    """
     import ray
 
-    from feature_extractors import build_extractor
+    from feature_extractors import build_extractor, get_extractor
 
     manifest = _read_manifest(config)
     out = Path(config.out)
@@ -146,8 +167,16 @@ def extract_features(config: ExtractConfig) -> dict:
         ray.cluster_resources().get("GPU", 0) > 0 if config.use_gpu is None else config.use_gpu
     )
     descriptions, summary = {}, {"out": str(out), "modalities": {}}
-    for modality in config.modalities:
-        name, extractor_config = extractor_configs(config)[modality]
+    if extractors is None:
+        extractors = {
+            modality: extractor_configs(config)[modality] for modality in config.modalities
+        }
+    for modality, (name, extractor_config) in extractors.items():
+        store.check_modality_name(modality, "extractors")  # before any work, not at the end
+        if get_extractor(name).modality != modality:
+            raise ValueError(
+                f"extractor {name!r} fills {get_extractor(name).modality!r}, not {modality!r}"
+            )
         # Built once here (cheap for S3D/VGGish, once for text) to resolve and record the weights.
         description = build_extractor(name, extractor_config).describe()
         _check_compatible(out, modality, description)
@@ -217,10 +246,14 @@ def _done_ids(parts: Path) -> set[str]:
 def extract_modality(config, modality, description, rows, out, use_gpu, shift=None) -> _Tally:
     """Extract one modality of ``rows`` into parts under ``out``; resumable.
 
-    ``shift`` (visual only): a simulated camera shift applied at decode time
-    (:mod:`pipeline.score.shifts`); its parts go to their own directory (:func:`parts_directory`).
+    ``description``: the extractor's record (``describe()``), which names the registered
+    extractor and its config. ``shift`` (clip extractors: visual): a simulated camera shift
+    applied at decode time (:mod:`pipeline.score.shifts`); its parts go to their own directory
+    (:func:`parts_directory`).
     """
-    if shift is not None and modality != "visual":
+    _, requirements = _requirements(description)
+    kind = requirements.inputs.kind
+    if shift is not None and kind != "clips":
         raise ValueError(f"a camera shift applies to visual features only, not {modality}")
     parts = parts_directory(out, modality, description, shift)
     done = _done_ids(parts)
@@ -229,10 +262,12 @@ def extract_modality(config, modality, description, rows, out, use_gpu, shift=No
     for row in rows:
         if row.video_id in done:
             tally.skipped += 1
-        elif row.path is None and modality != "text":
+        elif row.path is None and kind != "captions":
             tally.failures.append(_failure(row.video_id, None, "manifest", "video file not found"))
-        elif modality == "text" and not row.captions:
-            tally.failures.append(_failure(row.video_id, row.path, "text", "no captions"))
+        elif kind == "captions" and not row.captions:
+            tally.failures.append(
+                _failure(row.video_id, row.path, FAILURE_STAGES[kind], "no captions")
+            )
         else:
             todo.append(row)
     print(f"[extract] {modality}: {len(todo)} to do, {tally.skipped} already in the store")
@@ -240,7 +275,7 @@ def extract_modality(config, modality, description, rows, out, use_gpu, shift=No
     started = time.perf_counter()
     if todo:
         dataset = _build_dataset(config, modality, description, todo, use_gpu, shift)
-        collect = _collect_clips if modality == "visual" else _collect_rows
+        collect = _collect_clips if kind == "clips" else _collect_rows
         collect(dataset, modality, writer, tally)
     writer.flush()
     tally.seconds = time.perf_counter() - started
@@ -258,24 +293,32 @@ def _failure(video_id, path, stage, error) -> dict:
     return {"video_id": video_id, "path": path, "stage": stage, "error": error}
 
 
+def _requirements(description: dict):
+    """(extractor class, its Requirements) of the extractor a description records."""
+    from feature_extractors import config_from_dict, get_extractor
+
+    extractor_class = get_extractor(description["extractor"])
+    config = config_from_dict(extractor_class, description["config"])
+    return extractor_class, extractor_class.requirements(config)
+
+
 def _build_dataset(config, modality, description, todo, use_gpu, shift=None):
+    """paths (or captions) -> the input kind's decode step -> one ExtractorActor pool."""
     import ray
 
+    extractor_class, requirements = _requirements(description)
+    kind, resources = requirements.inputs.kind, requirements.resources
     model_actors = config.model_actors or (
         max(1, int(ray.cluster_resources().get("GPU", 0))) if use_gpu else 1
     )
-    pool = ray.data.ActorPoolStrategy(min_size=1, max_size=model_actors)
-    if modality == "visual":
-        # Two calls per actor: one decodes (fused into the actor on CPUs) while the other
-        # holds the model; S3DFeatures' lock keeps the model to one call at a time.
-        pool = ray.data.ActorPoolStrategy(
-            min_size=1,
-            max_size=model_actors,
-            max_concurrent_calls_per_actor=2,
-            enable_true_multi_threading=True,
-        )
-    resources = {"num_gpus": 1 if use_gpu else 0, "num_cpus": config.model_cpus}
-    device = "cuda" if use_gpu else "cpu"
+    concurrency = {}
+    if resources.concurrent_calls > 1:
+        concurrency = {
+            "max_concurrent_calls_per_actor": resources.concurrent_calls,
+            "enable_true_multi_threading": True,
+        }
+    pool = ray.data.ActorPoolStrategy(min_size=1, max_size=model_actors, **concurrency)
+    num_gpus = resources.num_gpus if use_gpu else 0
     extractor_config = description["config"]
     items = [
         {"video_id": row.video_id, "path": row.path or "", "captions": list(row.captions)}
@@ -283,55 +326,53 @@ def _build_dataset(config, modality, description, todo, use_gpu, shift=None):
     ]
     # One video per block: a crash decoding one file can only ever cost that file.
     dataset = ray.data.from_items(items, override_num_blocks=len(items))
-    if modality == "visual":
+    if kind in _PREPARERS:
         dataset = dataset.map_batches(
-            decode_clips,
+            _PREPARERS[kind],
             batch_size=1,
-            fn_kwargs={"config": extractor_config, **({"shift": shift} if shift else {})},
+            batch_format=BATCH_FORMATS[kind],
+            fn_kwargs={
+                "extractor_class": extractor_class,
+                "config": extractor_config,
+                **({"shift": shift} if shift else {}),
+            },
             num_cpus=config.decode_cpus,
         )
-        s3d_options = {
-            "execution": config.s3d_execution,
-            "expected_clips": _expected_clips(todo, config),
-            "threads": config.model_threads,
-        }
-        return dataset.map_batches(
-            S3DFeatures,
-            fn_constructor_kwargs={"config": extractor_config, "device": device, **s3d_options},
-            batch_size=config.clip_batch_size,
-            compute=pool,
-            **resources,
-        )
-    if modality == "text":
-        return dataset.map_batches(
-            TextFeatures,
-            fn_constructor_kwargs={"config": extractor_config, "device": device},
-            batch_size=config.text_batch_size,
-            batch_format="pyarrow",
-            compute=pool,
-            **resources,
-        )
-    dataset = dataset.map_batches(
-        decode_audio_examples,
-        batch_size=1,
-        batch_format="pyarrow",
-        fn_kwargs={"config": extractor_config},
-        num_cpus=config.decode_cpus,
-    )
+    field = _BATCH_SIZE_FIELDS.get(modality)
     return dataset.map_batches(
-        VGGishFeatures,
-        fn_constructor_kwargs={"config": extractor_config, "device": device},
-        batch_size=config.audio_batch_size,
-        batch_format="pyarrow",
+        ExtractorActor,
+        fn_constructor_kwargs={
+            "extractor_class": extractor_class,
+            "config": extractor_config,
+            "device": "cuda" if num_gpus else "cpu",
+            "threads": config.model_threads,
+            "options": _extractor_options(config, extractor_class, requirements, todo),
+        },
+        batch_size=getattr(config, field) if field else requirements.batch_size,
+        batch_format=BATCH_FORMATS[kind],
         compute=pool,
-        **resources,
+        num_gpus=num_gpus,
+        num_cpus=config.model_cpus,
     )
 
 
-def _expected_clips(todo, config: ExtractConfig) -> int:
+def _extractor_options(config: ExtractConfig, extractor_class, requirements, todo) -> dict:
+    """Keyword arguments of how an extractor runs (not recorded): S3D's execution mode and the
+    job's clip count, from ExtractConfig's s3d_execution."""
+    from feature_extractors import S3DExtractor
+
+    if not issubclass(extractor_class, S3DExtractor):
+        return {}
+    return {
+        "execution": config.s3d_execution,
+        "expected_clips": _expected_clips(todo, requirements.inputs),
+    }
+
+
+def _expected_clips(todo, inputs) -> int:
     """Clips the job will have, from the manifest's durations (1 per video without one): lets
-    S3D's "auto" execution compile only when the job repays it."""
-    seconds_per_clip = config.clip_stride / config.fps
+    S3D's "auto" execution compile only when the job repays it. ``inputs``: ClipInputs."""
+    seconds_per_clip = inputs.clip_stride / inputs.fps
     return sum(
         max(1, math.ceil(row.duration / seconds_per_clip)) if row.duration else 1 for row in todo
     )
@@ -358,13 +399,17 @@ class _PartWriter:
             "bucket": pa.array([_bucket(row["video_id"]) for row in self.rows], pa.int32()),
             self.modality: _sequences([row["features"] for row in self.rows]),
         }
-        if self.modality == "visual":
-            columns["visual_clip_times"] = _sequences([row["times"] for row in self.rows])
+        if "times" in self.rows[0]:  # clip extractors: clip start/end seconds
+            columns[_clip_times(self.modality)] = _sequences([row["times"] for row in self.rows])
         store.atomic_write_table(
             pa.table(columns), self.directory / f"part-{uuid.uuid4().hex}.parquet"
         )
         self.written += len(self.rows)
         self.rows = []
+
+
+def _clip_times(modality: str) -> str:
+    return f"{modality}_clip_times"  # visual: visual_clip_times
 
 
 def _bucket(video_id: str) -> int:
@@ -421,7 +466,7 @@ def _collect_rows(dataset, modality, writer: _PartWriter, tally: _Tally) -> None
                     _failure(row["video_id"], row["path"], row["stage"], row["error"])
                 )
             else:
-                features = np.asarray(row["features"], np.float32).reshape(-1, row["dim"])
+                features = np.asarray(row["features"], np.float32).reshape(-1, *row["shape"])
                 writer.add(row["video_id"], features)
         _progress(modality, writer, tally)
 
@@ -504,15 +549,16 @@ def _shard_table(ids, by_id, features, task, label_column) -> pa.Table:
         columns["label"] = pa.array([by_id[i].label for i in ids], pa.int32())
     else:
         columns["labels"] = pa.array([list(by_id[i].labels) for i in ids], pa.list_(pa.int32()))
-    for modality in ("visual", "text", "audio"):
+    extra_modalities = sorted(set(features) - set(store.MODALITIES))  # see pipeline/store.py
+    clip_times = {}
+    for modality in (*store.MODALITIES, *extra_modalities):
         index, table = features.get(modality, ({}, None))
         if table is None:
             columns[modality] = pa.nulls(len(ids), store.SEQUENCE)
             continue
         take = pa.array([index.get(i) for i in ids], pa.int64())
         columns[modality] = table.column(modality).take(take)
-        if modality == "visual":  # extra column beyond the contract: clip start/end seconds
-            clip_times = table.column("visual_clip_times").take(take)
-    if "visual" in features and features["visual"][1] is not None:
-        columns["visual_clip_times"] = clip_times
+        if _clip_times(modality) in table.column_names:  # beyond the contract: clip seconds
+            clip_times[_clip_times(modality)] = table.column(_clip_times(modality)).take(take)
+    columns.update(clip_times)
     return pa.table(columns)

@@ -1,9 +1,18 @@
-"""The Ray Data functions and actor classes of the extraction job.
+"""The Ray Data functions and the one actor class of the extraction job.
 
-Decoding functions run as CPU tasks, one video per call, and yield one row per clip so a
-task never holds more than one clip. Model classes are built once per actor (weights
-loaded in ``__init__``) and add a feature column in ``__call__``. A video that cannot be
-decoded yields a row with ``error`` set instead of raising: a failure is data.
+Every extractor declares what it needs (``Extractor.requirements``, feature_extractors/base.py);
+its input kind picks the decode step, the input preparer:
+
+    clips     prepare_clips: one video -> one row per clip, uint8 frames (seek, resample, crop)
+    waveform  prepare_waveform: one video -> its audio items (the extractor's prepare_audio)
+    captions  none: the manifest rows carry the captions
+
+Preparers run as CPU tasks, one video per call, and never hold more than one clip. Then
+``ExtractorActor`` (one class for every extractor) loads the model once in ``__init__`` and
+adds the feature column in ``__call__``. The actor gets the extractor *class* itself, so
+Ray ships it to the workers (by reference when importable, by value when cloudpickle is told
+so, e.g. a class defined in a test). A video that cannot be decoded gives a row with
+``error`` set instead of raising: a failure is data.
 """
 
 from __future__ import annotations
@@ -16,97 +25,123 @@ import pyarrow as pa
 from pipeline.ingest.decode import DecodeError, decode_audio, iter_clips
 
 __all__ = [
-    "S3DFeatures",
-    "TextFeatures",
-    "VGGishFeatures",
-    "decode_audio_examples",
-    "decode_clips",
+    "BATCH_FORMATS",
+    "FAILURE_STAGES",
+    "ExtractorActor",
+    "prepare_clips",
+    "prepare_waveform",
 ]
 
-_ROW_KEYS = ("video_id", "path", "error", "stage")
+# Failure `stage` of each input kind (recorded in _failures/).
+FAILURE_STAGES = {"clips": "decode", "waveform": "audio", "captions": "text"}
+# Batch format of each kind: clip rows carry ndarray frames, the others variable-length lists.
+BATCH_FORMATS = {"clips": "numpy", "waveform": "pyarrow", "captions": "pyarrow"}
+# Why a video gave no items at all.
+_NO_ITEMS = {"waveform": "no audio items", "captions": "no captions"}
 
 
-def _s3d_config(config: dict):
+def _config(extractor_class, config: dict):
     from feature_extractors import config_from_dict
 
-    return config_from_dict("s3d", config)
+    return config_from_dict(extractor_class, config)
 
 
-def _clip_row(video_id, path, frames, **values) -> dict:
-    row = {
+def _clip_row(video_id, path, frames, plan=None, index=-1, num_clips=-1, error="") -> dict:
+    return {
         "video_id": np.array([video_id]),
         "path": np.array([path]),
         "frames": frames[None],
-        "error": np.array([values.get("error", "")]),
-        "stage": np.array([values.get("stage", "")]),
+        "error": np.array([error]),
+        "stage": np.array([FAILURE_STAGES["clips"] if error else ""]),
+        "clip_index": np.array([index], np.int32),
+        "num_clips": np.array([num_clips], np.int32),
+        "padded": np.array([plan.padded if plan else -1], np.int32),
+        "start_time": np.array([plan.start_time if plan else 0.0], np.float32),
+        "end_time": np.array([plan.end_time if plan else 0.0], np.float32),
     }
-    for key in ("clip_index", "num_clips", "padded"):
-        row[key] = np.array([values.get(key, -1)], np.int32)
-    for key in ("start_time", "end_time"):
-        row[key] = np.array([values.get(key, 0.0)], np.float32)
-    return row
 
 
-def decode_clips(batch: dict, config: dict, shift: dict | None = None):
+def prepare_clips(batch: dict, extractor_class, config: dict, shift: dict | None = None):
     """One video (batch of one row) -> one row per clip: uint8 frames (L, crop, crop, 3).
 
     ``shift``: an optional simulated camera shift (pipeline.score.shifts), seeded per video id.
     """
-    s3d = _s3d_config(config)
+    inputs = extractor_class.inputs(_config(extractor_class, config))
     video_id, path = str(batch["video_id"][0]), str(batch["path"][0])
     try:
-        for index, num_clips, plan, frames in iter_clips(path, s3d, shift=shift, key=video_id):
-            yield _clip_row(
-                video_id,
-                path,
-                frames,
-                clip_index=index,
-                num_clips=num_clips,
-                padded=plan.padded,
-                start_time=plan.start_time,
-                end_time=plan.end_time,
-            )
+        for index, num_clips, plan, frames in iter_clips(path, inputs, shift=shift, key=video_id):
+            yield _clip_row(video_id, path, frames, plan, index, num_clips)
     except Exception as error:  # noqa: BLE001 - every failure becomes a recorded row
-        empty = np.zeros((s3d.clip_len, s3d.crop, s3d.crop, 3), np.uint8)
+        empty = np.zeros((inputs.clip_len, inputs.crop, inputs.crop, 3), np.uint8)
         message = str(error)
         if not isinstance(error, DecodeError):
             message = f"{type(error).__name__}: {error}"
-        yield _clip_row(video_id, path, empty, error=message or "decode failed", stage="decode")
+        yield _clip_row(video_id, path, empty, error=message or "decode failed")
 
 
-class S3DFeatures:
-    """Actor: uint8 clips -> 1024-d S3D features; rows with an error pass through.
+def _row_table(rows: list[dict]) -> pa.Table:
+    """Per-video rows: flattened `features` (items before the model, features after) of
+    shape (-1, *shape), or an error."""
+    return pa.table(
+        {
+            "video_id": pa.array([r["video_id"] for r in rows], pa.string()),
+            "path": pa.array([r["path"] for r in rows], pa.string()),
+            "features": pa.array([r.get("features", []) for r in rows], pa.list_(pa.float32())),
+            "shape": pa.array([r.get("shape", []) for r in rows], pa.list_(pa.int32())),
+            "error": pa.array([r.get("error", "") for r in rows], pa.string()),
+            "stage": pa.array([r.get("stage", "") for r in rows], pa.string()),
+        }
+    )
 
-    On CPUs Ray Data fuses `decode_clips` into this actor (same resources), and the job lets
-    two calls run at once: one decodes its video while the other runs the model, so decoding
-    hides behind the model. The lock keeps the model to one call at a time, on `threads`
-    intra-op threads (default: every core this process may use; Ray would set 1, its
-    logical num_cpus). `execution` and `expected_clips`: see feature_extractors/s3d.py.
+
+def prepare_waveform(table: pa.Table, extractor_class, config: dict) -> pa.Table:
+    """One video -> its audio items (the extractor's prepare_audio), flattened; or an error."""
+    row = table.select(["video_id", "path"]).to_pylist()[0]
+    stage = FAILURE_STAGES["waveform"]
+    try:
+        decoded = decode_audio(row["path"])
+        if decoded is None:
+            return _row_table([{**row, "error": "no audio stream", "stage": stage}])
+        items = extractor_class.prepare_audio(_config(extractor_class, config), *decoded)
+        items = np.asarray(items, np.float32)
+        return _row_table([{**row, "features": items.reshape(-1), "shape": items.shape[1:]}])
+    except Exception as error:  # noqa: BLE001 - a failure is a recorded row
+        return _row_table([{**row, "error": f"{error}", "stage": stage}])
+
+
+class ExtractorActor:
+    """Actor: model-ready inputs -> features of one registered extractor; errors pass through.
+
+    clips: one feature per clip row (column ``feature``). waveform and captions: the items of
+    every video of the batch go through the model in one call, split back per video
+    (flattened ``features`` of ``shape`` (D,)). With ``resources.all_cores`` the model uses
+    ``threads`` intra-op threads on CPU (default: every core this process may use; Ray would
+    set its logical num_cpus). ``options``: extractor keyword arguments (S3D's execution).
+    A lock keeps the model to one call at a time when the pool runs calls concurrently.
     """
 
     def __init__(
         self,
+        extractor_class,
         config: dict,
         device: str = "cpu",
-        execution: str = "eager",
-        expected_clips: int | None = None,
         threads: int | None = None,
+        options: dict | None = None,
     ):
-        import os
-
-        import torch
-
-        from feature_extractors.s3d import S3DExtractor
-
-        if threads is None and device == "cpu":
-            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-        torch.set_num_threads(max(1, threads or torch.get_num_threads()))
-        self.extractor = S3DExtractor(
-            _s3d_config(config), device, execution=execution, expected_clips=expected_clips
+        if extractor_class.resources.all_cores:
+            _set_threads(threads, device)
+        self.extractor = extractor_class(
+            _config(extractor_class, config), device, **(options or {})
         )
+        self.kind = extractor_class.inputs(self.extractor.config).kind
         self.lock = threading.Lock()
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, batch):
+        if self.kind == "clips":
+            return self._clips(batch)
+        return self._videos(batch)
+
+    def _clips(self, batch: dict) -> dict:
         frames = batch.pop("frames")
         ok = batch["error"] == ""
         features = np.zeros((len(ok), self.extractor.output_dim), np.float32)
@@ -116,74 +151,43 @@ class S3DFeatures:
         batch["feature"] = features
         return batch
 
-
-def _error_table(rows: list[dict]) -> pa.Table:
-    return pa.table(
-        {
-            "video_id": pa.array([r["video_id"] for r in rows], pa.string()),
-            "path": pa.array([r["path"] for r in rows], pa.string()),
-            "features": pa.array([r.get("features", []) for r in rows], pa.list_(pa.float32())),
-            "dim": pa.array([r.get("dim", 0) for r in rows], pa.int32()),
-            "error": pa.array([r.get("error", "") for r in rows], pa.string()),
-            "stage": pa.array([r.get("stage", "") for r in rows], pa.string()),
-        }
-    )
-
-
-class TextFeatures:
-    """Actor: captions of many videos -> one [N, D] embedding matrix per video."""
-
-    def __init__(self, config: dict, device: str = "cpu"):
-        from feature_extractors import build_extractor
-
-        self.extractor = build_extractor("text", config, device=device)
-
-    def __call__(self, table: pa.Table) -> pa.Table:
-        rows = table.select(["video_id", "path", "captions"]).to_pylist()
-        embeddings = self.extractor.embed_videos([row["captions"] or [] for row in rows])
-        out = []
-        for row, matrix in zip(rows, embeddings, strict=True):
-            if matrix is None:
-                out.append({**row, "error": "no captions", "stage": "text"})
-            else:
-                out.append({**row, "features": matrix.reshape(-1), "dim": matrix.shape[1]})
-        return _error_table(out)
-
-
-def decode_audio_examples(table: pa.Table, config: dict) -> pa.Table:
-    """One video -> its log-mel examples (N, 96, 64), flattened; or an error row."""
-    from feature_extractors import config_from_dict
-    from feature_extractors.vggish import waveform_to_examples
-
-    vggish = config_from_dict("vggish", config)
-    row = table.select(["video_id", "path"]).to_pylist()[0]
-    try:
-        decoded = decode_audio(row["path"])
-        if decoded is None:
-            return _error_table([{**row, "error": "no audio stream", "stage": "audio"}])
-        examples = waveform_to_examples(decoded[0], decoded[1], vggish)  # (N, 96, 64)
-        return _error_table([{**row, "features": examples.reshape(-1), "dim": examples[0].size}])
-    except Exception as error:  # noqa: BLE001 - a failure is a recorded row
-        return _error_table([{**row, "error": f"{error}", "stage": "audio"}])
-
-
-class VGGishFeatures:
-    """Actor: log-mel examples of several videos -> [T_a, 128] VGGish embeddings each."""
-
-    def __init__(self, config: dict, device: str = "cpu"):
-        from feature_extractors import build_extractor
-
-        self.extractor = build_extractor("vggish", config, device=device)
-
-    def __call__(self, table: pa.Table) -> pa.Table:
-        rows = table.to_pylist()
-        config = self.extractor.config
-        shape = (round(config.example_window_seconds / config.hop_seconds), config.mel_bands)
-        ok = [row for row in rows if not row["error"]]
-        examples = [np.asarray(row["features"], np.float32).reshape(-1, *shape) for row in ok]
+    def _videos(self, table: pa.Table) -> pa.Table:
+        if self.kind == "captions":
+            rows = table.select(["video_id", "path", "captions"]).to_pylist()
+            items = [list(row.pop("captions") or []) for row in rows]
+            rows = [{**row, "error": "", "stage": ""} for row in rows]
+        else:
+            rows = table.select(["video_id", "path", "error", "stage"]).to_pylist()
+            features, shapes = table.column("features"), table.column("shape").to_pylist()
+            items = [
+                np.asarray(features[index].values, np.float32).reshape(-1, *shapes[index])
+                for index in range(len(rows))
+            ]
+        ok = [index for index, row in enumerate(rows) if not row["error"] and len(items[index])]
+        for index, row in enumerate(rows):
+            if not row["error"] and not len(items[index]):
+                row.update(error=_NO_ITEMS[self.kind], stage=FAILURE_STAGES[self.kind])
         if ok:  # one batched call for all videos of the batch, split back per video
-            embeddings = self.extractor(np.concatenate(examples))
-            bounds = np.cumsum([len(e) for e in examples])[:-1]
-            for row, matrix in zip(ok, np.split(embeddings, bounds), strict=True):
-                row.update(features=matrix.reshape(-1), dim=matrix.shape[1])
-        return _error_table(rows)
+            with self.lock:
+                embeddings = self.extractor(_concatenate([items[index] for index in ok]))
+            bounds = np.cumsum([len(items[index]) for index in ok])[:-1]
+            for index, matrix in zip(ok, np.split(embeddings, bounds), strict=True):
+                rows[index].update(features=matrix.reshape(-1), shape=matrix.shape[1:])
+        return _row_table(rows)
+
+
+def _concatenate(items: list):
+    """Items of several videos as one model input: arrays stacked, lists (captions) joined."""
+    if isinstance(items[0], np.ndarray):
+        return np.concatenate(items)
+    return [item for video in items for item in video]
+
+
+def _set_threads(threads: int | None, device: str) -> None:
+    import os
+
+    import torch
+
+    if threads is None and device == "cpu":
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    torch.set_num_threads(max(1, threads or torch.get_num_threads()))

@@ -31,6 +31,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline import store
+from pipeline.common.plots import pyplot
+from pipeline.common.tables import format_number, markdown_table
 from pipeline.ingest.manifest import read_msrvtt
 from pipeline.score.batch import (
     check_visual_description,
@@ -348,16 +350,18 @@ def summarize(results: list[dict]) -> dict[str, dict]:
 
 
 def robustness_markdown(results: list[dict], summary: dict[str, dict]) -> str:
-    """Two Markdown tables: top-1 (drop from clean) per shift and severity, then per model."""
+    """Two Markdown tables: top-1 (drop from clean) per shift and severity, then per model.
+
+    A number that is undefined (the relative drop of a model whose clean top-1 is 0, a model
+    without clean or shifted results) is written 'n/a'.
+    """
     models = list(summary)
     clean = {model: summary[model]["clean_acc1"] for model in models}
-    header = "| shift | severity | setting | " + " | ".join(models) + " |"
-    lines = ["Top-1 accuracy (drop from clean in brackets).", "", header]
-    lines.append("|---|---:|---|" + "---:|" * len(models))
     by_condition: dict[tuple, dict] = {}
     for result in results:
         key = (result["shift"], result["severity"])
         by_condition.setdefault(key, {"setting": result["setting"]})[result["model"]] = result
+    rows = []
     for (shift, severity), cells in by_condition.items():
         values = []
         for model in models:
@@ -367,25 +371,34 @@ def robustness_markdown(results: list[dict], summary: dict[str, dict]) -> str:
             elif shift == CLEAN:
                 values.append(f"{result['acc1']:.3f}")
             else:
-                values.append(f"{result['acc1']:.3f} ({result['acc1'] - clean[model]:+.3f})")
-        lines.append(f"| {shift} | {severity} | {cells['setting']} | " + " | ".join(values) + " |")
-    lines += ["", "| model | ablation | clean | mean corrupted | relative drop |"]
-    lines.append("|---|---|---:|---:|---:|")
-    for model, numbers in summary.items():
-        lines.append(
-            f"| {model} | {numbers['ablation']} | {numbers['clean_acc1']:.3f} | "
-            f"{numbers['mean_corrupted_acc1']:.3f} | {numbers['relative_drop']:.1%} |"
-        )
-    return "\n".join(lines) + "\n"
+                drop = format_number(result["acc1"] - clean[model], "+.3f")
+                values.append(f"{result['acc1']:.3f} ({drop})")
+        rows.append([shift, severity, cells["setting"], *values])
+    per_condition = markdown_table(
+        ["shift", "severity", "setting", *models],
+        rows,
+        align=("left", "right", "left", *["right"] * len(models)),
+    )
+    per_model = markdown_table(
+        ["model", "ablation", "clean", "mean corrupted", "relative drop"],
+        [
+            [
+                model,
+                numbers["ablation"],
+                format_number(numbers["clean_acc1"]),
+                format_number(numbers["mean_corrupted_acc1"]),
+                format_number(numbers["relative_drop"], ".1%"),
+            ]
+            for model, numbers in summary.items()
+        ],
+        align=("left", "left", "right", "right", "right"),
+    )
+    return "Top-1 accuracy (drop from clean in brackets).\n\n" + per_condition + "\n" + per_model
 
 
 def plot_robustness(results: list[dict], path: str | Path) -> Path:
     """Accuracy vs severity, one panel per shift (severity 0 = clean), one line per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     shifts = list(dict.fromkeys(r["shift"] for r in results if r["shift"] != CLEAN))

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline.common.tables import MISSING, SPREAD, markdown_table, mean_std
 from pipeline.store import atomic_write_table, store_schema, validate_store, write_dataset_json
 
 __all__ = [
@@ -382,26 +383,30 @@ def _code_version() -> str | None:
 
 
 def benchmark_markdown(summary: dict[str, Any]) -> str:
-    """The table: Acc-1 / Acc-5 on the unseen test cameras, mean +- std over seeds."""
+    """The table: Acc-1 / Acc-5 on the unseen test cameras, mean ± std over seeds."""
     seeds = summary["plan"]["seeds"]
     lines = [
-        f"Unseen-camera test split, visual-only inference; mean +- std over seeds {seeds}.",
+        f"Unseen-camera test split, visual-only inference; mean {SPREAD} std over seeds {seeds}.",
         f"Training: {summary['plan']['train']}; code {summary.get('code')}.",
         "",
-        "| backbone | method | Acc-1 | Acc-5 | Acc-1 gain vs baseline | val Acc-1 (seen cameras) |",
-        "|---|---|---|---|---|---|",
     ]
 
     def cell(stats: dict[str, float] | None, signed: bool = False) -> str:
         if stats is None:
-            return "-"
-        sign = "+" if signed else ""
-        return f"{stats['mean']:{sign}.3f} +- {stats['std']:.3f}"
+            return MISSING
+        return mean_std(stats["mean"], stats["std"], signed=signed)
 
-    for row in summary["rows"]:
-        gain = cell(row.get("gain_acc1_vs_baseline"), signed=True)
-        lines.append(
-            f"| {row['backbone']} | {row['method']} | {cell(row['test_acc1'])} | "
-            f"{cell(row['test_acc5'])} | {gain} | {cell(row['val_acc1'])} |"
-        )
-    return "\n".join(lines) + "\n"
+    header = ["backbone", "method", "Acc-1", "Acc-5", "Acc-1 gain vs baseline"]
+    header.append("val Acc-1 (seen cameras)")
+    rows = [
+        [
+            row["backbone"],
+            row["method"],
+            cell(row["test_acc1"]),
+            cell(row["test_acc5"]),
+            cell(row.get("gain_acc1_vs_baseline"), signed=True),
+            cell(row["val_acc1"]),
+        ]
+        for row in summary["rows"]
+    ]
+    return "\n".join(lines) + "\n" + markdown_table(header, rows)

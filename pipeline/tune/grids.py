@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from ray import tune
 
+from pipeline.common.tables import markdown_table, mean_and_spread
 from pipeline.crif.metrics import classification_metrics
 from pipeline.synthetic.crosscam import BenchmarkData, generate_benchmark_store
 from pipeline.train.data import inspect_store
@@ -252,7 +253,7 @@ def _cell_value(records: list[dict], cell: str, column: str, metric: str) -> str
         for r in records
         if r["cell"] == cell and column in r["columns"]
     ]
-    return report.mean_and_spread(values)
+    return mean_and_spread(values)
 
 
 def grid_table(grid: str, records: list[dict], task: str) -> str:
@@ -282,7 +283,7 @@ def grid_table(grid: str, records: list[dict], task: str) -> str:
                 name = f"{backbone}-{ablation}"
                 values = [_cell_value(records, name, column, m) for m, _ in metrics]
                 rows.append([method if backbone == "gru" else "", model, *values])
-    return report.markdown_table(header, rows)
+    return markdown_table(header, rows)
 
 
 # ---------------------------------------------------------------------------- the grid

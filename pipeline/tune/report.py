@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.common.plots import pyplot
+from pipeline.common.tables import markdown_table, mean_and_spread
 from pipeline.train.data import PaddedBatchCollate, StoreSplits, inspect_store, select_split
 from pipeline.train.trainer import load_checkpoint
 
@@ -42,15 +44,6 @@ __all__ = [
 ]
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def format_value(value: Any) -> str:
     """Floats with 4 decimals (scientific below 1e-3), None as '-', the rest as str."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -58,22 +51,6 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.2e}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
     return str(value)
-
-
-def mean_and_spread(values: list[float]) -> str:
-    """'mean ± std' (sample std over seeds; a single value has no spread) with 3 decimals."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def write_table(
@@ -131,7 +108,7 @@ def plot_metric_vs_params(
     rows: list[dict[str, Any]], params: list[str], metric: str, path: str | Path
 ) -> Path:
     """One panel per parameter: each trial's last ``metric`` against its value."""
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure, axes = plt.subplots(1, len(params), figsize=(3.2 * len(params), 3.2), squeeze=False)
@@ -163,7 +140,7 @@ def plot_trial_curves(
     rows: list[dict[str, Any]], metric: str, path: str | Path, top: int = 5
 ) -> Path:
     """``metric`` per epoch of every trial; the ``top`` trials (rows in rank order) labelled."""
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure, axis = plt.subplots(figsize=(6.5, 4))
@@ -226,7 +203,7 @@ def _draw_panel(axis, panel: TsnePanel, points: np.ndarray, colours: dict) -> No
 
 def plot_tsne(panels: list[TsnePanel], path: str | Path, *, seed: int = 0) -> Path:
     """2-D t-SNE (scikit-learn) of each panel, side by side; colours by class throughout."""
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     classes = sorted({int(v) for panel in panels for v in panel.labels})

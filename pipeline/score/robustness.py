@@ -31,6 +31,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline import store
+from pipeline.common.atomic import atomic_write_json, atomic_write_text
 from pipeline.common.plots import pyplot
 from pipeline.common.tables import format_number, markdown_table
 from pipeline.ingest.manifest import read_msrvtt
@@ -316,9 +317,9 @@ def _write_report(config: RobustnessConfig, models, results: list[dict], out: Pa
         "results": results,
         "summary": summary,
     }
-    store.atomic_write_bytes(out / "robustness.json", json.dumps(document, indent=2).encode())
+    atomic_write_json(out / "robustness.json", document)
     markdown = robustness_markdown(results, summary)
-    store.atomic_write_bytes(out / "robustness.md", markdown.encode())
+    atomic_write_text(out / "robustness.md", markdown)
     plot_robustness(results, out / "robustness.png")
     return {
         "report": str(out / "robustness.md"),

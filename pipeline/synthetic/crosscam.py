@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline.common.atomic import atomic_write_json, atomic_write_text
 from pipeline.common.tables import MISSING, SPREAD, markdown_table, mean_std
 from pipeline.store import atomic_write_table, store_schema, validate_store, write_dataset_json
 
@@ -278,8 +278,8 @@ def run_benchmark(out: str | Path, plan: BenchmarkPlan) -> dict[str, Any]:
             flush=True,
         )
     summary = summarise(results, plan)
-    (out / "benchmark.json").write_text(json.dumps(summary, indent=2))
-    (out / "benchmark.md").write_text(benchmark_markdown(summary))
+    atomic_write_json(out / "benchmark.json", summary)
+    atomic_write_text(out / "benchmark.md", benchmark_markdown(summary))
     return summary
 
 

@@ -56,6 +56,7 @@ from ray.train.torch import TorchTrainer
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 
+from pipeline.common.atomic import atomic_write_json
 from pipeline.crif.losses import LossWeights, crif_losses
 from pipeline.crif.metrics import classification_metrics
 from pipeline.crif.model import (
@@ -65,7 +66,7 @@ from pipeline.crif.model import (
     build_model,
     training_stages,
 )
-from pipeline.store import atomic_write_bytes, read_dataset_json
+from pipeline.store import read_dataset_json
 from pipeline.train.data import PaddedBatchCollate, StoreSplits, inspect_store, read_datasets
 
 __all__ = [
@@ -670,10 +671,6 @@ def metrics_document(
     }
 
 
-def _write_json(path: Path, document: dict[str, Any]) -> None:
-    atomic_write_bytes(path, json.dumps(document, indent=2).encode())
-
-
 # ---------------------------------------------------------------------------- trainer
 
 
@@ -744,7 +741,7 @@ def run_training(config: TrainConfig, *, datasets: dict[str, Any] | None = None)
     checkpoint = result.checkpoint or _latest_local_checkpoint(config)
     model_dir = export_model(checkpoint, out / "model")
     document = metrics_document(config, result.return_value, store)
-    _write_json(out / "metrics.json", document)
+    atomic_write_json(out / "metrics.json", document)
     plot_learning_curves(document["history"], out / "learning_curves.png")
     return {
         "out": str(out),

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from ray import tune
 
+from pipeline.common.atomic import atomic_write_json, atomic_write_text
 from pipeline.common.tables import markdown_table, mean_and_spread
 from pipeline.crif.metrics import classification_metrics
 from pipeline.synthetic.crosscam import BenchmarkData, generate_benchmark_store
@@ -301,7 +302,7 @@ def _cell_trial(
     else:
         run_training(config, datasets=datasets)
     evaluation = evaluate_run(run_dir / "model", config.features)
-    (run_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
+    atomic_write_json(run_dir / "evaluation.json", evaluation)
     tune.report({"cell": cell, "seed": seed, "run_dir": str(run_dir), **evaluation})
 
 
@@ -399,7 +400,7 @@ def _write_grid(config, base, grid: str, records: list, run_of: dict, failed: li
     task = records[0]["task"] if records else "single_label"
     table = out / f"{grid}.md"
     notes = _notes(replace(config, grid=grid), base, records, failed)
-    table.write_text(grid_table(grid, cells, task) + "\n" + notes)
+    atomic_write_text(table, grid_table(grid, cells, task) + "\n" + notes)
     before, after = (
         out / "runs" / run_of[(grid, name)] / "seed-0" / "model" for name in TSNE_MODELS[grid]
     )
@@ -441,5 +442,5 @@ def run_experiments(config: ExperimentConfig) -> dict[str, Any]:
         "trials": len(results), "failed": failed, "restored": restored, "features": features,
         "max_concurrent_trials": concurrency, "config": asdict(config),
     }  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_json(out / "summary.json", summary, default=str)
     return summary

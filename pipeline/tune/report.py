@@ -10,6 +10,7 @@ plot_tsne([TsnePanel("(a) before", features, labels)], "tsne.png")  # paper Fig.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.common.atomic import atomic_write_text
 from pipeline.common.plots import pyplot
 from pipeline.common.tables import markdown_table, mean_and_spread
 from pipeline.train.data import PaddedBatchCollate, StoreSplits, inspect_store, select_split
@@ -60,14 +62,15 @@ def write_table(
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     columns = [k for k in rows[0] if not isinstance(rows[0][k], list | dict)] if rows else []
-    with open(stem.with_suffix(".csv"), "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    sheet = io.StringIO(newline="")
+    writer = csv.DictWriter(sheet, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(stem.with_suffix(".csv"), sheet.getvalue())
     body = [[format_value(row.get(column)) for column in columns] for row in rows]
     text = f"### {title}\n\n" + markdown_table(columns, body)
     text += "".join(f"\n{note}\n" for note in notes)
-    stem.with_suffix(".md").write_text(text)
+    atomic_write_text(stem.with_suffix(".md"), text)
     return {"csv": stem.with_suffix(".csv"), "markdown": stem.with_suffix(".md")}
 
 

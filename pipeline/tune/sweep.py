@@ -36,7 +36,8 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig
 from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from pipeline.store import atomic_write_bytes, read_dataset_json
+from pipeline.common.atomic import atomic_write_json
+from pipeline.store import read_dataset_json
 from pipeline.train.data import inspect_store, read_datasets
 from pipeline.train.trainer import TrainConfig, build_trainer, export_model, metrics_document
 
@@ -300,10 +301,6 @@ def release_placement_groups(path: Path) -> int:
     return removed
 
 
-def _write_json(path: Path, document: dict[str, Any]) -> None:
-    atomic_write_bytes(path, json.dumps(document, indent=2, default=str).encode())
-
-
 def _sweep_trial(
     params: dict[str, Any], *, base: dict[str, Any], root: str, datasets: dict | None
 ) -> None:
@@ -322,7 +319,7 @@ def _sweep_trial(
     store = inspect_store(config.features, config.semantic_modality)
     document = metrics_document(config, result.return_value, store)
     document["checkpoint"] = result.checkpoint.path
-    _write_json(run_dir / "metrics.json", document)
+    atomic_write_json(run_dir / "metrics.json", document, default=str)
 
 
 def _run_training_task(loop_config: dict[str, Any], datasets: dict | None) -> dict[str, Any]:
@@ -407,7 +404,7 @@ def _export_best(rows: list[dict], out: Path, metric: str) -> dict[str, Any]:
     document = json.loads((out / "trials" / best["trial"] / "metrics.json").read_text())
     export_model(document.pop("checkpoint"), out / "best" / "model")
     document.update(model="model", trial=best["trial"], objective={metric: best[metric]})
-    _write_json(out / "best" / "metrics.json", document)
+    atomic_write_json(out / "best" / "metrics.json", document, default=str)
     plot_learning_curves(document["history"], out / "best" / "learning_curves.png")
     return best
 
@@ -473,5 +470,5 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
         "max_concurrent_trials": concurrency,
         "config": asdict(config),
     }
-    _write_json(out / "summary.json", summary)
+    atomic_write_json(out / "summary.json", summary, default=str)
     return summary

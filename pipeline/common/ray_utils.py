@@ -1,8 +1,14 @@
-"""Connecting to Ray the same way from every job."""
+"""Connecting to Ray the same way from every job (and giving the job its console).
+
+init_ray()                       # a new local Ray, or RAY_ADDRESS's cluster
+init_ray("ray://head:10001")     # join a cluster
+"""
 
 from __future__ import annotations
 
 import os
+
+from pipeline.common.logs import ensure_logging
 
 __all__ = ["init_ray"]
 
@@ -17,6 +23,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
     """
     import ray
 
+    ensure_logging()  # the job's console: the pipeline's INFO lines, unless already set up
     if ray.is_initialized():
         return ray.get_runtime_context()
     address = address or os.environ.get("RAY_ADDRESS") or "local"

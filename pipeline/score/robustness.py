@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +55,8 @@ __all__ = [
     "run_robustness",
     "summarize",
 ]
+
+logger = logging.getLogger(__name__)
 
 CLEAN = "clean"
 QUICK = {"severities": (2,), "limit": 24}  # --quick: the middle severity, 24 test videos
@@ -171,7 +174,7 @@ def _features(config, description, shift, rows, out: Path, metadata, use_gpu) ->
         except ValueError:
             pass  # another S3D set-up: extract the clean features too
     directory = out / "_features" / _setup_key(description) / _condition_name(shift)
-    print(f"[robustness] features: {directory.parent.name} {directory.name}", flush=True)
+    logger.info(f"[robustness] features: {directory.parent.name} {directory.name}")
     files, _ = extract_visual(
         description,
         rows,
@@ -271,7 +274,9 @@ def run_robustness(config: RobustnessConfig) -> dict:
         ray.cluster_resources().get("GPU", 0) > 0 if config.use_gpu is None else config.use_gpu
     )
     setups = {_setup_key(model.description): model.description for model in models}
-    print(f"[robustness] {len(models)} model(s), {len(setups)} S3D set-up(s), {len(rows)} videos")
+    logger.info(
+        f"[robustness] {len(models)} model(s), {len(setups)} S3D set-up(s), {len(rows)} videos"
+    )
     shifts = conditions(config)
     files = {key: {} for key in setups}  # set-up -> condition -> feature files
     for shift in shifts:  # features once per S3D set-up and condition, shared by the models
@@ -288,7 +293,7 @@ def run_robustness(config: RobustnessConfig) -> dict:
             condition = _condition_name(shift)
             acc1, acc5, failed = _accuracy(predictions, condition, labels, class_names)
             results.append(_result(model, shift, acc1, acc5, failed, len(labels)))
-            print(f"[robustness] {model.name} {condition}: acc1 {acc1:.3f}", flush=True)
+            logger.info(f"[robustness] {model.name} {condition}: acc1 {acc1:.3f}")
     return _write_report(config, models, results, out)
 
 

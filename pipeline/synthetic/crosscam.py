@@ -28,8 +28,8 @@ three stages, as rows of their own: ``full (multistage)``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import logging
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -40,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.common.atomic import atomic_write_json, atomic_write_text
+from pipeline.common.logs import logging_to_file
 from pipeline.common.tables import MISSING, SPREAD, markdown_table, mean_std
 from pipeline.store import atomic_write_table, store_schema, validate_store, write_dataset_json
 
@@ -54,6 +55,8 @@ __all__ = [
     "run_benchmark",
     "summarise",
 ]
+
+logger = logging.getLogger(__name__)
 
 VISUAL_DIM = 1024
 ABLATIONS = ("baseline", "align", "inference", "fusion", "full")
@@ -191,7 +194,8 @@ def _quiet_ray_logs() -> None:
 def _run_cell(config_dict: dict[str, Any], datasets: dict[str, Any]) -> dict[str, Any]:
     """One training run through THE trainer, in Train V2 local mode (no worker start-up).
 
-    The per-epoch progress lines go to the cell's ``train.log``.
+    The cell's log records (the per-epoch progress lines) go to its ``train.log``; the console
+    shows only its warnings, so the driver's console stays one line per finished cell.
     """
     import torch
 
@@ -202,7 +206,7 @@ def _run_cell(config_dict: dict[str, Any], datasets: dict[str, Any]) -> dict[str
     config = TrainConfig(**config_dict)
     Path(config.out).mkdir(parents=True, exist_ok=True)
     started = time.time()
-    with open(Path(config.out) / "train.log", "w") as log, contextlib.redirect_stdout(log):
+    with logging_to_file(Path(config.out) / "train.log"):
         final = build_trainer(config, datasets=datasets).fit().return_value
     return {
         "splits": final["splits"],
@@ -272,10 +276,9 @@ def run_benchmark(out: str | Path, plan: BenchmarkPlan) -> dict[str, Any]:
         )
         test = {k: round(v, 3) for k, v in result["splits"].get("test", {}).items()}
         method = method_name(config["ablation"], config["strategy"])
-        print(
+        logger.info(
             f"{config['backbone']:>4} {method:<20} seed {config['seed']}: "
             f"test {test} ({result['seconds']}s)",
-            flush=True,
         )
     summary = summarise(results, plan)
     atomic_write_json(out / "benchmark.json", summary)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import signal
@@ -57,6 +58,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.common.atomic import atomic_write_json
+from pipeline.common.logs import ensure_logging
 from pipeline.crif.losses import LossWeights, crif_losses
 from pipeline.crif.metrics import classification_metrics
 from pipeline.crif.model import (
@@ -87,6 +89,8 @@ __all__ = [
     "stage_plan",
     "train_loop",
 ]
+
+logger = logging.getLogger(__name__)
 
 STRATEGIES = ("end2end", "multistage")
 FAIL_KINDS = ("raise", "kill")
@@ -475,6 +479,8 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     """The training function of every Ray Train worker (and of local mode).
 
     Returns the final split metrics, row counts, per-epoch history and resume count."""
+    # A Ray Train worker's process has no console for the pipeline logger: give it one.
+    ensure_logging(worker=loop_config.get("num_workers", 1) > 0)
     run = _start(TrainConfig(**loop_config))
     state = _restore(run)
     plan = stage_plan(run.config, run.model_config)
@@ -493,7 +499,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
         entry["seconds"] = round(time.time() - started, 3)
         state["history"].append(entry)
         if run.rank == 0:
-            print(_progress_line(entry, run.config.epochs), flush=True)
+            logger.info(_progress_line(entry, run.config.epochs))
         train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         _report_epoch(run, state, {**train_state, "stage": stage}, entry)
     splits, rows = {}, {}
@@ -600,7 +606,7 @@ def _restore(run: _Run) -> dict[str, Any]:
     state.update(next_epoch=info["epoch"] + 1, history=info["history"])
     state["resumes"] = info["resumes"] + 1
     if run.rank == 0:
-        print(f"resuming after epoch {info['epoch'] + 1} from {checkpoint.path}", flush=True)
+        logger.info(f"resuming after epoch {info['epoch'] + 1} from {checkpoint.path}")
     return state
 
 
@@ -727,9 +733,9 @@ def run_training(config: TrainConfig, *, datasets: dict[str, Any] | None = None)
     out.mkdir(parents=True, exist_ok=True)
     store = inspect_store(config.features, config.semantic_modality)
     if store.holdout:
-        print(f"{config.features}: no val split; holding out 1 in 10 train videos as val")
+        logger.info(f"{config.features}: no val split; holding out 1 in 10 train videos as val")
     if config.strategy == "multistage" and "fusion" not in ablation_branches(config.ablation):
-        print(
+        logger.info(
             f"note: multistage without fusion: ablation {config.ablation!r} predicts with the "
             "visual head, which learns in stage 1 only while stage 2 moves its features; "
             "the paper's stages are made for the fused CRIF (end2end suits the other ablations)"

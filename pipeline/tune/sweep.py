@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -58,6 +59,8 @@ __all__ = [
     "train_in_task",
     "trial_resources",
 ]
+
+logger = logging.getLogger(__name__)
 
 # The paper's ranges (section III-E): alpha in [0.1, 2.0], beta, gamma in {0.1, 0.2, 0.5, 1}.
 DEFAULT_SPACE: dict[str, Any] = {
@@ -347,7 +350,7 @@ def fit_or_restore(
 ) -> tuple[tune.ResultGrid, bool]:
     """``Tuner.restore`` when ``path`` holds an experiment, else a new one: (results, restored)."""
     if tune.Tuner.can_restore(str(path)):
-        print(f"restoring the experiment in {path}", flush=True)
+        logger.info(f"restoring the experiment in {path}")
         tuner = tune.Tuner.restore(
             str(path), trainable=trainable, resume_unfinished=True, resume_errored=True
         )
@@ -426,7 +429,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     # running when it died) belong to no live trial: Ray 2.60 can leave them holding CPUs.
     stale = sum(release_placement_groups(path) for path in out.glob(f"trials/*/{PLACEMENT_GROUPS}"))
     if stale:
-        print(f"released {stale} worker placement group(s) left by an earlier run of {out}")
+        logger.info(f"released {stale} worker placement group(s) left by an earlier run of {out}")
     datasets = prepare_datasets(base.features, base.semantic_modality, config.materialize)
     trainable = tune.with_resources(
         tune.with_parameters(_sweep_trial, base=fixed, root=str(out), datasets=datasets),

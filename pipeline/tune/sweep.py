@@ -34,9 +34,9 @@ from typing import Any
 import yaml
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig
-from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from pipeline.common import ray_compat
 from pipeline.common.atomic import atomic_write_json
 from pipeline.store import read_dataset_json
 from pipeline.train.data import inspect_store, read_datasets
@@ -239,18 +239,6 @@ class TuneEpochReport(TuneReportCallback):
         super().after_report(run_context, [result], checkpoint)
 
 
-class _RecordWorkerGroup(WorkerGroupCallback):
-    """Train side (on the controller): note each worker group's placement group in a file."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def after_worker_group_start(self, worker_group) -> None:
-        state = worker_group.get_worker_group_state()
-        with open(self.path, "a") as handle:
-            handle.write(state.placement_group_handle.placement_group.id.hex() + "\n")
-
-
 class ReleaseWorkerGroups(tune.Callback):
     """Driver side: remove the worker placement groups of trials that have ended.
 
@@ -291,17 +279,8 @@ class ReleaseWorkerGroups(tune.Callback):
 
 def release_placement_groups(path: Path) -> int:
     """Remove the placement groups listed in ``path`` that still exist; how many were."""
-    import ray
-    from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-
-    removed = 0
-    for line in path.read_text().split() if path.is_file() else []:
-        group = PlacementGroup(PlacementGroupID.from_hex(line))
-        if ray.util.placement_group_table(group).get("state", "REMOVED") != "REMOVED":
-            remove_placement_group(group)
-            removed += 1
-    return removed
+    group_ids = path.read_text().split() if path.is_file() else []
+    return ray_compat.release_placement_groups(group_ids)
 
 
 def _sweep_trial(
@@ -314,7 +293,10 @@ def _sweep_trial(
     run_config = RunConfig(
         storage_path=str(run_dir.resolve()),
         name="train",  # stable: a restarted trial resumes its Train run
-        callbacks=[TuneEpochReport(), _RecordWorkerGroup(str(run_dir / PLACEMENT_GROUPS))],
+        callbacks=[
+            TuneEpochReport(),
+            ray_compat.placement_group_recorder(run_dir / PLACEMENT_GROUPS),
+        ],
         failure_config=FailureConfig(max_failures=config.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
     )

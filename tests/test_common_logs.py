@@ -12,16 +12,19 @@ from pipeline.common import logs
 @pytest.fixture
 def clean_logging():
     """Each test starts without handlers on the library loggers and leaves none behind."""
-    library, engine = logging.getLogger("pipeline"), logging.getLogger("ray")
-    saved = library.handlers[:], library.level, library.propagate, engine.handlers[:]
+    library = logging.getLogger("pipeline")
+    engines = [logging.getLogger(name) for name in ("ray", "ray.data")]
+    saved = {logger: logger.handlers[:] for logger in (library, *engines)}
+    level, propagate = library.level, library.propagate
     library.handlers[:] = []
     yield library
-    for handler in library.handlers + engine.handlers:
-        if handler not in saved[0] + saved[3]:
-            handler.close()
-    library.handlers[:], engine.handlers[:] = saved[0], saved[3]
-    library.setLevel(saved[1])
-    library.propagate = saved[2]
+    for logger, handlers in saved.items():
+        for handler in logger.handlers:
+            if handler not in handlers:
+                handler.close()
+        logger.handlers[:] = handlers
+    library.setLevel(level)
+    library.propagate = propagate
 
 
 def test_console_shows_the_plain_line_once(clean_logging, capsys):
@@ -33,6 +36,9 @@ def test_console_shows_the_plain_line_once(clean_logging, capsys):
 
 
 def test_log_file_gets_everything_including_ray(clean_logging, tmp_path, capsys):
+    import ray.data  # noqa: F401  (Ray Data's logger does not propagate to "ray")
+
+    assert logging.getLogger("ray.data").propagate is False
     log_file = tmp_path / "logs" / "job.log"
     logs.configure_logging(logging.WARNING, log_file=log_file)
     logging.getLogger("pipeline.extract.job").info("[extract] visual: 3 to do")

@@ -15,7 +15,9 @@ as it is at the time of writing (pytest's capture and ``redirect_stdout`` see it
 this console without configuring anything; an application that configured ``logging`` itself
 keeps its own set-up. The training loop calls ``ensure_logging(worker=True)`` in each Ray Train
 worker, so its progress lines reach the driver's stdout as they did when they were prints.
-With ``log_file``, the file also receives the ``ray`` logger's records (Ray's console stays).
+With ``log_file``, the file also receives the records of the ``ray`` logger and of the Ray
+loggers that exist by then (Ray Data's, configured when ``ray.data`` is imported); Ray's
+console output stays as it is.
 """
 
 from __future__ import annotations
@@ -53,6 +55,17 @@ def _ours(handler: logging.Handler) -> bool:
     return getattr(handler, "_pipeline_logs", False)
 
 
+def _engine_loggers() -> list[logging.Logger]:
+    """``ray`` and the Ray loggers below it that do not pass records up (Ray Data's, which it
+    configures when ``ray.data`` is imported, ...): each needs the file handler itself."""
+    loggers = [logging.getLogger(_ENGINE_LOGGER)]
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith(_ENGINE_LOGGER + ".") and isinstance(logger, logging.Logger):
+            if not logger.propagate:
+                loggers.append(logger)
+    return loggers
+
+
 def _remove_ours(logger: logging.Logger) -> None:
     for handler in [h for h in logger.handlers if _ours(h)]:
         logger.removeHandler(handler)
@@ -66,9 +79,9 @@ def configure_logging(
 
     Calling it again replaces what an earlier call installed (no duplicated lines).
     """
-    library, engine = logging.getLogger(LIBRARY_LOGGER), logging.getLogger(_ENGINE_LOGGER)
-    _remove_ours(library)
-    _remove_ours(engine)
+    library, engines = logging.getLogger(LIBRARY_LOGGER), _engine_loggers()
+    for logger in (library, *engines):
+        _remove_ours(logger)
     console = _StdoutHandler()
     console.setLevel(level)
     console.setFormatter(logging.Formatter("%(message)s"))
@@ -79,7 +92,8 @@ def configure_logging(
         file.setLevel(logging.DEBUG)
         file.setFormatter(logging.Formatter(_FILE_FORMAT))
         file._pipeline_logs = True
-        engine.addHandler(file)  # Ray's own chatter (its console handler stays)
+        for engine in engines:  # Ray's own chatter (its console handlers stay)
+            engine.addHandler(file)
         handlers.append(file)
     for handler in handlers:
         handler._pipeline_logs = True
@@ -111,24 +125,22 @@ def logging_to_file(
 ) -> Iterator[None]:
     """Within the block every ``pipeline`` record goes to ``log_file``, the console shows only
     ``console_level`` and above; the previous set-up comes back afterwards."""
-    library = logging.getLogger(LIBRARY_LOGGER)
-    engine = logging.getLogger(_ENGINE_LOGGER)
-    saved_library, saved_engine = library.handlers[:], engine.handlers[:]
+    library, engines = logging.getLogger(LIBRARY_LOGGER), _engine_loggers()
+    saved = {logger: logger.handlers[:] for logger in (library, *engines)}
     saved_level, saved_propagate = library.level, library.propagate
-    for handler in saved_library:  # detached, not closed: they come back afterwards
-        library.removeHandler(handler)
-    for handler in [h for h in saved_engine if _ours(h)]:
-        engine.removeHandler(handler)
+    for logger, handlers in saved.items():  # detached, not closed: they come back afterwards
+        for handler in handlers:
+            if logger is library or _ours(handler):
+                logger.removeHandler(handler)
     configure_logging(console_level, log_file)
     try:
         yield
     finally:
-        _remove_ours(library)
-        _remove_ours(engine)
-        for handler in saved_library:
-            library.addHandler(handler)
-        for handler in saved_engine:
-            if handler not in engine.handlers:
-                engine.addHandler(handler)
+        for logger in (library, *_engine_loggers()):
+            _remove_ours(logger)
+        for logger, handlers in saved.items():
+            for handler in handlers:
+                if handler not in logger.handlers:
+                    logger.addHandler(handler)
         library.setLevel(saved_level)
         library.propagate = saved_propagate

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import tune as tuning  # noqa: E402
+from pipeline.tune import sweep as tuning  # noqa: E402
 from pipeline.common.ray_utils import init_ray  # noqa: E402
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+# Re-exported: users' tools and tests import the atomic writers from here.
+from pipeline.common.atomic import atomic_write_bytes, atomic_write_table, atomic_write_text
 
 __all__ = [
     "DATASET_JSON",
@@ -104,50 +106,13 @@ def failure_schema() -> pa.Schema:
     )
 
 
-# ---------------------------------------------------------------------------- atomic writes
-
-
-def _temporary_sibling(path: Path) -> Path:
-    # Hidden and without the .parquet suffix, so no reader ever picks it up.
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that the final name only ever holds a whole file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_sibling(path)
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def atomic_write_table(table: pa.Table, path: str | os.PathLike) -> None:
-    """Write a Parquet file atomically (temporary name, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_sibling(path)
-    try:
-        pq.write_table(table, temporary, compression="zstd")
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 # ---------------------------------------------------------------------------- dataset.json
 
 
 def write_dataset_json(root: str | os.PathLike, metadata: dict[str, Any]) -> None:
     _check_metadata(metadata, Path(root) / DATASET_JSON)
     text = json.dumps(metadata, indent=2, sort_keys=True)
-    atomic_write_bytes(Path(root) / DATASET_JSON, text.encode())
+    atomic_write_text(Path(root) / DATASET_JSON, text)
 
 
 def read_dataset_json(root: str | os.PathLike) -> dict[str, Any]:

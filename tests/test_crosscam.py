@@ -78,10 +78,8 @@ def test_summary_and_table_from_cells():
     assert (multistage["ablation"], multistage["strategy"]) == ("full", "multistage")
     assert np.isclose(multistage["gain_acc1_vs_baseline"]["mean"], -0.2)
     table = benchmark_markdown(summary)
-    assert "| gru | full | 0.910 +- 0.014 | 0.900 +- 0.000 | +0.400 +- 0.000 |" in table
-    assert (
-        "| gru | full (multistage) | 0.310 +- 0.014 | 0.800 +- 0.000 | -0.200 +- 0.000 |" in table
-    )
+    assert "| gru | full | 0.910 ± 0.014 | 0.900 ± 0.000 | +0.400 ± 0.000 |" in table
+    assert "| gru | full (multistage) | 0.310 ± 0.014 | 0.800 ± 0.000 | -0.200 ± 0.000 |" in table
 
 
 def test_quick_benchmark_runs_and_writes_the_table(tmp_path, ray_session):

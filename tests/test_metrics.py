@@ -96,3 +96,24 @@ def test_classification_metrics_dispatch():
     assert multi == multi_label_metrics(logits, np.eye(6)[[0]])
     with pytest.raises(ValueError):
         classification_metrics(logits, np.array([0]), "regression")
+
+
+def test_single_label_top_5_ties_go_to_the_lower_classes():
+    # 7 tied classes: the top 5 are 0..4 (scikit-learn's own rule would pick 6..2)
+    metrics = single_label_metrics(np.zeros((2, 7)), np.array([0, 6]))
+    assert metrics["acc5"] == 0.5
+
+
+def test_single_label_matches_a_plain_numpy_ranking_with_ties():
+    rng = np.random.default_rng(1)
+    logits = rng.integers(0, 3, size=(200, 9)).astype(float)  # many ties
+    labels = rng.integers(0, 9, size=200)
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :5]
+    metrics = single_label_metrics(logits, labels)
+    assert metrics["acc1"] == pytest.approx(np.mean(top[:, 0] == labels))
+    assert metrics["acc5"] == pytest.approx(np.mean((top == labels[:, None]).any(axis=1)))
+
+
+def test_single_label_rejects_labels_outside_the_classes():
+    with pytest.raises(ValueError, match="labels must lie in"):
+        single_label_metrics(np.zeros((2, 3)), np.array([0, 3]))

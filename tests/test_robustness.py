@@ -157,3 +157,14 @@ def feature_rows(directory: Path) -> dict[str, np.ndarray]:
     files = sorted(directory.rglob("part-*.parquet"))
     table = pq.read_table(files, columns=["video_id", "visual"]).to_pylist()
     return {row["video_id"]: np.asarray(row["visual"], np.float32) for row in table}
+
+
+def test_report_writes_n_a_when_clean_accuracy_is_zero():
+    results = [
+        {**result, "acc1": 0.0} for result in fake_results(models=("broken",), shifts=("blur",))
+    ]
+    summary = summarize(results)
+    assert summary["broken"]["clean_acc1"] == 0.0
+    markdown = robustness_markdown(results, summary)
+    assert "nan" not in markdown
+    assert "| broken | broken | 0.000 | 0.000 | n/a |" in markdown

@@ -15,9 +15,12 @@ what to do; none of them hangs:
   filesystem (NFS, EFS, Filestore, Lustre, ...).
 - ``check_gpus(requested)``: the cluster has the GPUs a job asks for.
 
-``check_before_init(address)`` is what a job calls before ``ray.init``: it checks
-reachability of ``address`` or ``RAY_ADDRESS`` (nothing for a new local instance), and the
-token too when the address is a dashboard URL.
+``check_before_init(address)`` is what every job runs before ``ray.init``: the jobs
+connect through :func:`pipeline.common.ray_utils.init_ray`, which calls it before joining a
+cluster. It checks reachability of ``address`` or ``RAY_ADDRESS`` (nothing for a new local
+instance), and the token too when the address is a dashboard URL. ``init_ray(...,
+shared_paths=[out])`` runs ``check_shared_storage`` on each path once connected;
+``check_gpus`` is for code that is about to ask for GPUs.
 """
 
 from __future__ import annotations

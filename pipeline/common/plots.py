@@ -1,7 +1,13 @@
-"""Learning curves of a training run as a PNG (matplotlib, Agg backend: no display needed).
+"""Every figure's matplotlib goes through here: the Agg backend is chosen once, in ``pyplot``.
 
+    plt = pyplot()                     # matplotlib.pyplot, Agg backend (no display needed)
     plot_learning_curves(document["history"], "outputs/run/learning_curves.png")
 
+Plotting code elsewhere (sweep and grid figures, the robustness plot) calls ``pyplot()``
+instead of importing matplotlib itself, so no module picks a backend of its own and a job on
+a headless node never tries to open a display. matplotlib is imported on first use only.
+
+``plot_learning_curves``: the learning curves of a training run as a PNG.
 Left: the training loss terms per epoch (log scale); right: the validation metrics per epoch.
 Dashed vertical lines mark the stage boundaries of a multistage run.
 """
@@ -11,16 +17,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_learning_curves"]
+__all__ = ["plot_learning_curves", "pyplot"]
+
+
+def pyplot():
+    """``matplotlib.pyplot`` with the non-interactive Agg backend (set here, once)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # idempotent; the one place the project chooses a backend
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_learning_curves(history: list[dict[str, Any]], path: str | Path) -> Path:
     """Draw ``history`` (the per-epoch entries of metrics.json) into ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     epochs = [entry["epoch"] + 1 for entry in history]

@@ -4,12 +4,17 @@
     classification_metrics(logits, multi_hot, "multi_label")
     # {"precision@1", "precision@5", "recall@1", "recall@5"}
 
-Rankings use a stable sort of the negated logits, so ties go to the lower class index.
+Top-k accuracy and macro F1 come from scikit-learn (``top_k_accuracy_score``, ``f1_score``);
+precision@k and recall@k of multi-label tasks have no scikit-learn equivalent and are computed
+here. Rankings break ties towards the lower class index everywhere, as ``np.argmax`` and the
+scoring job's predictions do; scikit-learn's top-k breaks them towards the higher index, so it
+is given the classes in reverse order (see ``_top_k_accuracy``) and its values equal ours.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import accuracy_score, f1_score, top_k_accuracy_score
 
 __all__ = [
     "classification_metrics",
@@ -30,6 +35,17 @@ def _top_k(logits: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-logits, axis=1, kind="stable")[:, :k]
 
 
+def _top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Share of rows whose label is among the ``k`` best classes, ties to the lower index."""
+    classes = logits.shape[1]
+    if k >= classes:  # every class is in the top k (scikit-learn warns and says the same)
+        return 1.0
+    # scikit-learn ranks tied scores by descending class index; reversing the class order
+    # makes its rule ours (ties go to the lower original index).
+    reversed_labels = classes - 1 - labels
+    return top_k_accuracy_score(reversed_labels, logits[:, ::-1], k=k, labels=np.arange(classes))
+
+
 def single_label_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Top-1 and top-k accuracy (k = min(5, C)) and macro F1.
 
@@ -40,18 +56,16 @@ def single_label_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, fl
     labels = np.asarray(labels).astype(np.int64)
     if labels.shape != (logits.shape[0],):
         raise ValueError(f"labels must have shape ({logits.shape[0]},), got {labels.shape}")
-    top = _top_k(logits, min(5, logits.shape[1]))  # (N, k)
-    predictions = top[:, 0]
-    f1_scores = []
-    for c in np.union1d(labels, predictions):
-        true_positive = np.sum((predictions == c) & (labels == c))
-        false_positive = np.sum((predictions == c) & (labels != c))
-        false_negative = np.sum((predictions != c) & (labels == c))
-        f1_scores.append(2 * true_positive / (2 * true_positive + false_positive + false_negative))
+    if labels.min() < 0 or labels.max() >= logits.shape[1]:
+        raise ValueError(f"labels must lie in [0, {logits.shape[1]}), got {np.unique(labels)}")
+    predictions = _top_k(logits, 1)[:, 0]
+    seen = np.union1d(labels, predictions)
     return {
-        "acc1": float(np.mean(predictions == labels)),
-        "acc5": float(np.mean((top == labels[:, None]).any(axis=1))),
-        "macro_f1": float(np.mean(f1_scores)),
+        "acc1": float(accuracy_score(labels, predictions)),
+        "acc5": float(_top_k_accuracy(logits, labels, min(5, logits.shape[1]))),
+        "macro_f1": float(
+            f1_score(labels, predictions, average="macro", labels=seen, zero_division=0)
+        ),
     }
 
 

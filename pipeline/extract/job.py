@@ -21,6 +21,7 @@ are compacted into the store's ``shard-*.parquet`` files, one shard per hash buc
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
@@ -50,6 +51,8 @@ __all__ = [
     "finalize_store",
     "parts_directory",
 ]
+
+logger = logging.getLogger(__name__)
 
 PARTS_DIR = "_parts"
 BUCKETS = 4096
@@ -270,7 +273,7 @@ def extract_modality(config, modality, description, rows, out, use_gpu, shift=No
             )
         else:
             todo.append(row)
-    print(f"[extract] {modality}: {len(todo)} to do, {tally.skipped} already in the store")
+    logger.info(f"[extract] {modality}: {len(todo)} to do, {tally.skipped} already in the store")
     writer = _PartWriter(parts, modality, config.flush_every)
     started = time.perf_counter()
     if todo:
@@ -282,7 +285,7 @@ def extract_modality(config, modality, description, rows, out, use_gpu, shift=No
     tally.ok = writer.written
     tally.failed = len(tally.failures)
     store.write_failures(out, tally.failures, f"{modality}-{uuid.uuid4().hex[:8]}")
-    print(
+    logger.info(
         f"[extract] {modality}: {tally.ok} ok, {tally.failed} failed, {tally.skipped} skipped "
         f"in {tally.seconds:.1f} s"
     )
@@ -473,7 +476,7 @@ def _collect_rows(dataset, modality, writer: _PartWriter, tally: _Tally) -> None
 
 def _progress(modality, writer, tally) -> None:
     done = writer.written + len(writer.rows)
-    print(f"[extract] {modality}: {done} videos done, {len(tally.failures)} failed", flush=True)
+    logger.info(f"[extract] {modality}: {done} videos done, {len(tally.failures)} failed")
 
 
 def finalize_store(out: Path, manifest, descriptions: dict, rows, config: ExtractConfig) -> int:

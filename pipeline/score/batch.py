@@ -19,6 +19,7 @@ not be decoded (status ``failed`` with the reason). A rerun scores only what is 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ __all__ = [
     "scoring_pipeline",
     "visual_description",
 ]
+
+logger = logging.getLogger(__name__)
 
 FEATURES_DIR = "_features"
 PARTS_DIR = "_parts"
@@ -165,7 +168,9 @@ def score_videos(config: ScoreConfig) -> dict:
         "seconds": round(seconds, 2),
         "videos_per_second": round(scored / seconds, 3) if seconds else None,
     }
-    print(f"[score] {summary['ok']} ok, {summary['failed']} failed, {seconds:.1f} s -> {output}")
+    logger.info(
+        f"[score] {summary['ok']} ok, {summary['failed']} failed, {seconds:.1f} s -> {output}"
+    )
     return summary
 
 
@@ -207,7 +212,7 @@ def predict_visual(
         if batch.num_rows:
             store.atomic_write_table(batch, parts / f"part-{uuid.uuid4().hex}.parquet")
             scored += batch.num_rows
-            print(f"[score] {len(done) + scored} videos scored", flush=True)
+            logger.info(f"[score] {len(done) + scored} videos scored")
     return len(done), scored
 
 

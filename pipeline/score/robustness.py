@@ -22,7 +22,7 @@ that cannot be decoded under a shift counts as a wrong answer (and in ``failed``
 
 from __future__ import annotations
 
-import json
+import logging
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +31,9 @@ import pyarrow.parquet as pq
 
 from pipeline import store
 from pipeline.artifact import ExtractorSetup, model_id, read_checkpoint_info, resolve_model_dir
+from pipeline.common.atomic import atomic_write_json, atomic_write_text
+from pipeline.common.plots import pyplot
+from pipeline.common.tables import format_number, markdown_table
 from pipeline.ingest.manifest import read_msrvtt
 from pipeline.score.batch import extract_visual, scoring_pipeline, visual_description
 from pipeline.score.shifts import SEVERITIES, SHIFTS, shift_tag, validate_shift
@@ -44,6 +47,8 @@ __all__ = [
     "run_robustness",
     "summarize",
 ]
+
+logger = logging.getLogger(__name__)
 
 CLEAN = "clean"
 QUICK = {"severities": (2,), "limit": 24}  # --quick: the middle severity, 24 test videos
@@ -156,7 +161,7 @@ def _features(config, setup, shift, rows, out: Path, metadata, use_gpu) -> list[
         except ValueError:
             pass  # another S3D set-up: extract the clean features too
     directory = out / "_features" / f"s3d-{setup.setup_key()}" / _condition_name(shift)
-    print(f"[robustness] features: {directory.parent.name} {directory.name}", flush=True)
+    logger.info(f"[robustness] features: {directory.parent.name} {directory.name}")
     files, _ = extract_visual(
         setup.to_description(),
         rows,
@@ -256,7 +261,9 @@ def run_robustness(config: RobustnessConfig) -> dict:
         ray.cluster_resources().get("GPU", 0) > 0 if config.use_gpu is None else config.use_gpu
     )
     setups = {model.setup.setup_key(): model.setup for model in models}
-    print(f"[robustness] {len(models)} model(s), {len(setups)} S3D set-up(s), {len(rows)} videos")
+    logger.info(
+        f"[robustness] {len(models)} model(s), {len(setups)} S3D set-up(s), {len(rows)} videos"
+    )
     shifts = conditions(config)
     files = {key: {} for key in setups}  # set-up -> condition -> feature files
     for shift in shifts:  # features once per S3D set-up and condition, shared by the models
@@ -273,7 +280,7 @@ def run_robustness(config: RobustnessConfig) -> dict:
             condition = _condition_name(shift)
             acc1, acc5, failed = _accuracy(predictions, condition, labels, class_names)
             results.append(_result(model, shift, acc1, acc5, failed, len(labels)))
-            print(f"[robustness] {model.name} {condition}: acc1 {acc1:.3f}", flush=True)
+            logger.info(f"[robustness] {model.name} {condition}: acc1 {acc1:.3f}")
     return _write_report(config, models, results, out)
 
 
@@ -302,9 +309,9 @@ def _write_report(config: RobustnessConfig, models, results: list[dict], out: Pa
         "results": results,
         "summary": summary,
     }
-    store.atomic_write_bytes(out / "robustness.json", json.dumps(document, indent=2).encode())
+    atomic_write_json(out / "robustness.json", document)
     markdown = robustness_markdown(results, summary)
-    store.atomic_write_bytes(out / "robustness.md", markdown.encode())
+    atomic_write_text(out / "robustness.md", markdown)
     plot_robustness(results, out / "robustness.png")
     return {
         "report": str(out / "robustness.md"),
@@ -336,16 +343,18 @@ def summarize(results: list[dict]) -> dict[str, dict]:
 
 
 def robustness_markdown(results: list[dict], summary: dict[str, dict]) -> str:
-    """Two Markdown tables: top-1 (drop from clean) per shift and severity, then per model."""
+    """Two Markdown tables: top-1 (drop from clean) per shift and severity, then per model.
+
+    A number that is undefined (the relative drop of a model whose clean top-1 is 0, a model
+    without clean or shifted results) is written 'n/a'.
+    """
     models = list(summary)
     clean = {model: summary[model]["clean_acc1"] for model in models}
-    header = "| shift | severity | setting | " + " | ".join(models) + " |"
-    lines = ["Top-1 accuracy (drop from clean in brackets).", "", header]
-    lines.append("|---|---:|---|" + "---:|" * len(models))
     by_condition: dict[tuple, dict] = {}
     for result in results:
         key = (result["shift"], result["severity"])
         by_condition.setdefault(key, {"setting": result["setting"]})[result["model"]] = result
+    rows = []
     for (shift, severity), cells in by_condition.items():
         values = []
         for model in models:
@@ -355,25 +364,34 @@ def robustness_markdown(results: list[dict], summary: dict[str, dict]) -> str:
             elif shift == CLEAN:
                 values.append(f"{result['acc1']:.3f}")
             else:
-                values.append(f"{result['acc1']:.3f} ({result['acc1'] - clean[model]:+.3f})")
-        lines.append(f"| {shift} | {severity} | {cells['setting']} | " + " | ".join(values) + " |")
-    lines += ["", "| model | ablation | clean | mean corrupted | relative drop |"]
-    lines.append("|---|---|---:|---:|---:|")
-    for model, numbers in summary.items():
-        lines.append(
-            f"| {model} | {numbers['ablation']} | {numbers['clean_acc1']:.3f} | "
-            f"{numbers['mean_corrupted_acc1']:.3f} | {numbers['relative_drop']:.1%} |"
-        )
-    return "\n".join(lines) + "\n"
+                drop = format_number(result["acc1"] - clean[model], "+.3f")
+                values.append(f"{result['acc1']:.3f} ({drop})")
+        rows.append([shift, severity, cells["setting"], *values])
+    per_condition = markdown_table(
+        ["shift", "severity", "setting", *models],
+        rows,
+        align=("left", "right", "left", *["right"] * len(models)),
+    )
+    per_model = markdown_table(
+        ["model", "ablation", "clean", "mean corrupted", "relative drop"],
+        [
+            [
+                model,
+                numbers["ablation"],
+                format_number(numbers["clean_acc1"]),
+                format_number(numbers["mean_corrupted_acc1"]),
+                format_number(numbers["relative_drop"], ".1%"),
+            ]
+            for model, numbers in summary.items()
+        ],
+        align=("left", "left", "right", "right", "right"),
+    )
+    return "Top-1 accuracy (drop from clean in brackets).\n\n" + per_condition + "\n" + per_model
 
 
 def plot_robustness(results: list[dict], path: str | Path) -> Path:
     """Accuracy vs severity, one panel per shift (severity 0 = clean), one line per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     shifts = list(dict.fromkeys(r["shift"] for r in results if r["shift"] != CLEAN))

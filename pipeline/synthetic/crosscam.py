@@ -28,9 +28,8 @@ three stages, as rows of their own: ``full (multistage)``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -40,6 +39,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline.common.atomic import atomic_write_json, atomic_write_text
+from pipeline.common.logs import logging_to_file
+from pipeline.common.tables import MISSING, SPREAD, markdown_table, mean_std
 from pipeline.store import atomic_write_table, store_schema, validate_store, write_dataset_json
 
 __all__ = [
@@ -53,6 +55,8 @@ __all__ = [
     "run_benchmark",
     "summarise",
 ]
+
+logger = logging.getLogger(__name__)
 
 VISUAL_DIM = 1024
 ABLATIONS = ("baseline", "align", "inference", "fusion", "full")
@@ -190,7 +194,8 @@ def _quiet_ray_logs() -> None:
 def _run_cell(config_dict: dict[str, Any], datasets: dict[str, Any]) -> dict[str, Any]:
     """One training run through THE trainer, in Train V2 local mode (no worker start-up).
 
-    The per-epoch progress lines go to the cell's ``train.log``.
+    The cell's log records (the per-epoch progress lines) go to its ``train.log``; the console
+    shows only its warnings, so the driver's console stays one line per finished cell.
     """
     import torch
 
@@ -201,7 +206,7 @@ def _run_cell(config_dict: dict[str, Any], datasets: dict[str, Any]) -> dict[str
     config = TrainConfig(**config_dict)
     Path(config.out).mkdir(parents=True, exist_ok=True)
     started = time.time()
-    with open(Path(config.out) / "train.log", "w") as log, contextlib.redirect_stdout(log):
+    with logging_to_file(Path(config.out) / "train.log"):
         final = build_trainer(config, datasets=datasets).fit().return_value
     return {
         "splits": final["splits"],
@@ -271,14 +276,13 @@ def run_benchmark(out: str | Path, plan: BenchmarkPlan) -> dict[str, Any]:
         )
         test = {k: round(v, 3) for k, v in result["splits"].get("test", {}).items()}
         method = method_name(config["ablation"], config["strategy"])
-        print(
+        logger.info(
             f"{config['backbone']:>4} {method:<20} seed {config['seed']}: "
             f"test {test} ({result['seconds']}s)",
-            flush=True,
         )
     summary = summarise(results, plan)
-    (out / "benchmark.json").write_text(json.dumps(summary, indent=2))
-    (out / "benchmark.md").write_text(benchmark_markdown(summary))
+    atomic_write_json(out / "benchmark.json", summary)
+    atomic_write_text(out / "benchmark.md", benchmark_markdown(summary))
     return summary
 
 
@@ -382,26 +386,30 @@ def _code_version() -> str | None:
 
 
 def benchmark_markdown(summary: dict[str, Any]) -> str:
-    """The table: Acc-1 / Acc-5 on the unseen test cameras, mean +- std over seeds."""
+    """The table: Acc-1 / Acc-5 on the unseen test cameras, mean ± std over seeds."""
     seeds = summary["plan"]["seeds"]
     lines = [
-        f"Unseen-camera test split, visual-only inference; mean +- std over seeds {seeds}.",
+        f"Unseen-camera test split, visual-only inference; mean {SPREAD} std over seeds {seeds}.",
         f"Training: {summary['plan']['train']}; code {summary.get('code')}.",
         "",
-        "| backbone | method | Acc-1 | Acc-5 | Acc-1 gain vs baseline | val Acc-1 (seen cameras) |",
-        "|---|---|---|---|---|---|",
     ]
 
     def cell(stats: dict[str, float] | None, signed: bool = False) -> str:
         if stats is None:
-            return "-"
-        sign = "+" if signed else ""
-        return f"{stats['mean']:{sign}.3f} +- {stats['std']:.3f}"
+            return MISSING
+        return mean_std(stats["mean"], stats["std"], signed=signed)
 
-    for row in summary["rows"]:
-        gain = cell(row.get("gain_acc1_vs_baseline"), signed=True)
-        lines.append(
-            f"| {row['backbone']} | {row['method']} | {cell(row['test_acc1'])} | "
-            f"{cell(row['test_acc5'])} | {gain} | {cell(row['val_acc1'])} |"
-        )
-    return "\n".join(lines) + "\n"
+    header = ["backbone", "method", "Acc-1", "Acc-5", "Acc-1 gain vs baseline"]
+    header.append("val Acc-1 (seen cameras)")
+    rows = [
+        [
+            row["backbone"],
+            row["method"],
+            cell(row["test_acc1"]),
+            cell(row["test_acc5"]),
+            cell(row.get("gain_acc1_vs_baseline"), signed=True),
+            cell(row["val_acc1"]),
+        ]
+        for row in summary["rows"]
+    ]
+    return "\n".join(lines) + "\n" + markdown_table(header, rows)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
+import logging
 import os
 import shutil
 import signal
@@ -58,6 +58,8 @@ from ray.train.torch import TorchTrainer
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.artifact import CHECKPOINT_FORMAT, export_model, read_checkpoint, write_checkpoint
+from pipeline.common.atomic import atomic_write_json
+from pipeline.common.logs import ensure_logging
 from pipeline.crif.losses import LossWeights, crif_losses
 from pipeline.crif.metrics import classification_metrics
 from pipeline.crif.model import (
@@ -67,7 +69,7 @@ from pipeline.crif.model import (
     build_model,
     training_stages,
 )
-from pipeline.store import atomic_write_bytes, read_dataset_json
+from pipeline.store import read_dataset_json
 from pipeline.train.data import PaddedBatchCollate, StoreSplits, inspect_store, read_datasets
 
 __all__ = [
@@ -84,6 +86,8 @@ __all__ = [
     "stage_plan",
     "train_loop",
 ]
+
+logger = logging.getLogger(__name__)
 
 STRATEGIES = ("end2end", "multistage")
 FAIL_KINDS = ("raise", "kill")
@@ -466,6 +470,8 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     """The training function of every Ray Train worker (and of local mode).
 
     Returns the final split metrics, row counts, per-epoch history and resume count."""
+    # A Ray Train worker's process has no console for the pipeline logger: give it one.
+    ensure_logging(worker=loop_config.get("num_workers", 1) > 0)
     run = _start(TrainConfig(**loop_config))
     state = _restore(run)
     plan = stage_plan(run.config, run.model_config)
@@ -484,7 +490,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
         entry["seconds"] = round(time.time() - started, 3)
         state["history"].append(entry)
         if run.rank == 0:
-            print(_progress_line(entry, run.config.epochs), flush=True)
+            logger.info(_progress_line(entry, run.config.epochs))
         train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         _report_epoch(run, state, {**train_state, "stage": stage}, entry)
     splits, rows = {}, {}
@@ -583,7 +589,7 @@ def _restore(run: _Run) -> dict[str, Any]:
     state.update(next_epoch=info["epoch"] + 1, history=info["history"])
     state["resumes"] = info["resumes"] + 1
     if run.rank == 0:
-        print(f"resuming after epoch {info['epoch'] + 1} from {checkpoint.path}", flush=True)
+        logger.info(f"resuming after epoch {info['epoch'] + 1} from {checkpoint.path}")
     return state
 
 
@@ -617,10 +623,6 @@ def metrics_document(
         "model": "model",  # RUN_DIR/model: the last epoch's checkpoint
         "resumes": final["resumes"],
     }
-
-
-def _write_json(path: Path, document: dict[str, Any]) -> None:
-    atomic_write_bytes(path, json.dumps(document, indent=2).encode())
 
 
 # ---------------------------------------------------------------------------- trainer
@@ -679,9 +681,9 @@ def run_training(config: TrainConfig, *, datasets: dict[str, Any] | None = None)
     out.mkdir(parents=True, exist_ok=True)
     store = inspect_store(config.features, config.semantic_modality)
     if store.holdout:
-        print(f"{config.features}: no val split; holding out 1 in 10 train videos as val")
+        logger.info(f"{config.features}: no val split; holding out 1 in 10 train videos as val")
     if config.strategy == "multistage" and "fusion" not in ablation_branches(config.ablation):
-        print(
+        logger.info(
             f"note: multistage without fusion: ablation {config.ablation!r} predicts with the "
             "visual head, which learns in stage 1 only while stage 2 moves its features; "
             "the paper's stages are made for the fused CRIF (end2end suits the other ablations)"
@@ -693,7 +695,7 @@ def run_training(config: TrainConfig, *, datasets: dict[str, Any] | None = None)
     checkpoint = result.checkpoint or _latest_local_checkpoint(config)
     model_dir = export_model(checkpoint, out / "model")
     document = metrics_document(config, result.return_value, store)
-    _write_json(out / "metrics.json", document)
+    atomic_write_json(out / "metrics.json", document)
     plot_learning_curves(document["history"], out / "learning_curves.png")
     return {
         "out": str(out),

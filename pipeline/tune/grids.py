@@ -29,6 +29,8 @@ import numpy as np
 from ray import tune
 
 from pipeline.artifact import load_model
+from pipeline.common.atomic import atomic_write_json, atomic_write_text
+from pipeline.common.tables import markdown_table, mean_and_spread
 from pipeline.crif.metrics import classification_metrics
 from pipeline.synthetic.crosscam import BenchmarkData, generate_benchmark_store
 from pipeline.train.data import inspect_store
@@ -253,7 +255,7 @@ def _cell_value(records: list[dict], cell: str, column: str, metric: str) -> str
         for r in records
         if r["cell"] == cell and column in r["columns"]
     ]
-    return report.mean_and_spread(values)
+    return mean_and_spread(values)
 
 
 def grid_table(grid: str, records: list[dict], task: str) -> str:
@@ -283,7 +285,7 @@ def grid_table(grid: str, records: list[dict], task: str) -> str:
                 name = f"{backbone}-{ablation}"
                 values = [_cell_value(records, name, column, m) for m, _ in metrics]
                 rows.append([method if backbone == "gru" else "", model, *values])
-    return report.markdown_table(header, rows)
+    return markdown_table(header, rows)
 
 
 # ---------------------------------------------------------------------------- the grid
@@ -301,7 +303,7 @@ def _cell_trial(
     else:
         run_training(config, datasets=datasets)
     evaluation = evaluate_run(run_dir / "model", config.features)
-    (run_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
+    atomic_write_json(run_dir / "evaluation.json", evaluation)
     tune.report({"cell": cell, "seed": seed, "run_dir": str(run_dir), **evaluation})
 
 
@@ -399,7 +401,7 @@ def _write_grid(config, base, grid: str, records: list, run_of: dict, failed: li
     task = records[0]["task"] if records else "single_label"
     table = out / f"{grid}.md"
     notes = _notes(replace(config, grid=grid), base, records, failed)
-    table.write_text(grid_table(grid, cells, task) + "\n" + notes)
+    atomic_write_text(table, grid_table(grid, cells, task) + "\n" + notes)
     before, after = (
         out / "runs" / run_of[(grid, name)] / "seed-0" / "model" for name in TSNE_MODELS[grid]
     )
@@ -441,5 +443,5 @@ def run_experiments(config: ExperimentConfig) -> dict[str, Any]:
         "trials": len(results), "failed": failed, "restored": restored, "features": features,
         "max_concurrent_trials": concurrency, "config": asdict(config),
     }  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_json(out / "summary.json", summary, default=str)
     return summary

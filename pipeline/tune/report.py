@@ -10,6 +10,7 @@ plot_tsne([TsnePanel("(a) before", features, labels)], "tsne.png")  # paper Fig.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.artifact import load_model
+from pipeline.common.atomic import atomic_write_text
+from pipeline.common.plots import pyplot
+from pipeline.common.tables import markdown_table, mean_and_spread
 from pipeline.train.data import PaddedBatchCollate, StoreSplits, inspect_store, select_split
 
 __all__ = [
@@ -42,15 +46,6 @@ __all__ = [
 ]
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def format_value(value: Any) -> str:
     """Floats with 4 decimals (scientific below 1e-3), None as '-', the rest as str."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -60,22 +55,6 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def mean_and_spread(values: list[float]) -> str:
-    """'mean ± std' (sample std over seeds; a single value has no spread) with 3 decimals."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def write_table(
     rows: list[dict[str, Any]], stem: str | Path, *, title: str, notes: tuple[str, ...] = ()
 ) -> dict[str, Path]:
@@ -83,14 +62,15 @@ def write_table(
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     columns = [k for k in rows[0] if not isinstance(rows[0][k], list | dict)] if rows else []
-    with open(stem.with_suffix(".csv"), "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    sheet = io.StringIO(newline="")
+    writer = csv.DictWriter(sheet, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(stem.with_suffix(".csv"), sheet.getvalue())
     body = [[format_value(row.get(column)) for column in columns] for row in rows]
     text = f"### {title}\n\n" + markdown_table(columns, body)
     text += "".join(f"\n{note}\n" for note in notes)
-    stem.with_suffix(".md").write_text(text)
+    atomic_write_text(stem.with_suffix(".md"), text)
     return {"csv": stem.with_suffix(".csv"), "markdown": stem.with_suffix(".md")}
 
 
@@ -131,7 +111,7 @@ def plot_metric_vs_params(
     rows: list[dict[str, Any]], params: list[str], metric: str, path: str | Path
 ) -> Path:
     """One panel per parameter: each trial's last ``metric`` against its value."""
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure, axes = plt.subplots(1, len(params), figsize=(3.2 * len(params), 3.2), squeeze=False)
@@ -163,7 +143,7 @@ def plot_trial_curves(
     rows: list[dict[str, Any]], metric: str, path: str | Path, top: int = 5
 ) -> Path:
     """``metric`` per epoch of every trial; the ``top`` trials (rows in rank order) labelled."""
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure, axis = plt.subplots(figsize=(6.5, 4))
@@ -226,7 +206,7 @@ def _draw_panel(axis, panel: TsnePanel, points: np.ndarray, colours: dict) -> No
 
 def plot_tsne(panels: list[TsnePanel], path: str | Path, *, seed: int = 0) -> Path:
     """2-D t-SNE (scikit-learn) of each panel, side by side; colours by class throughout."""
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     classes = sorted({int(v) for panel in panels for v in panel.labels})

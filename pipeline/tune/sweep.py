@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -33,11 +34,12 @@ from typing import Any
 import yaml
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig
-from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from pipeline.artifact import export_model
-from pipeline.store import atomic_write_bytes, read_dataset_json
+from pipeline.common import ray_compat
+from pipeline.common.atomic import atomic_write_json
+from pipeline.store import read_dataset_json
 from pipeline.train.data import inspect_store, read_datasets
 from pipeline.train.trainer import TrainConfig, build_trainer, metrics_document
 
@@ -58,6 +60,8 @@ __all__ = [
     "train_in_task",
     "trial_resources",
 ]
+
+logger = logging.getLogger(__name__)
 
 # The paper's ranges (section III-E): alpha in [0.1, 2.0], beta, gamma in {0.1, 0.2, 0.5, 1}.
 DEFAULT_SPACE: dict[str, Any] = {
@@ -236,18 +240,6 @@ class TuneEpochReport(TuneReportCallback):
         super().after_report(run_context, [result], checkpoint)
 
 
-class _RecordWorkerGroup(WorkerGroupCallback):
-    """Train side (on the controller): note each worker group's placement group in a file."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def after_worker_group_start(self, worker_group) -> None:
-        state = worker_group.get_worker_group_state()
-        with open(self.path, "a") as handle:
-            handle.write(state.placement_group_handle.placement_group.id.hex() + "\n")
-
-
 class ReleaseWorkerGroups(tune.Callback):
     """Driver side: remove the worker placement groups of trials that have ended.
 
@@ -288,21 +280,8 @@ class ReleaseWorkerGroups(tune.Callback):
 
 def release_placement_groups(path: Path) -> int:
     """Remove the placement groups listed in ``path`` that still exist; how many were."""
-    import ray
-    from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-
-    removed = 0
-    for line in path.read_text().split() if path.is_file() else []:
-        group = PlacementGroup(PlacementGroupID.from_hex(line))
-        if ray.util.placement_group_table(group).get("state", "REMOVED") != "REMOVED":
-            remove_placement_group(group)
-            removed += 1
-    return removed
-
-
-def _write_json(path: Path, document: dict[str, Any]) -> None:
-    atomic_write_bytes(path, json.dumps(document, indent=2, default=str).encode())
+    group_ids = path.read_text().split() if path.is_file() else []
+    return ray_compat.release_placement_groups(group_ids)
 
 
 def _sweep_trial(
@@ -315,7 +294,10 @@ def _sweep_trial(
     run_config = RunConfig(
         storage_path=str(run_dir.resolve()),
         name="train",  # stable: a restarted trial resumes its Train run
-        callbacks=[TuneEpochReport(), _RecordWorkerGroup(str(run_dir / PLACEMENT_GROUPS))],
+        callbacks=[
+            TuneEpochReport(),
+            ray_compat.placement_group_recorder(run_dir / PLACEMENT_GROUPS),
+        ],
         failure_config=FailureConfig(max_failures=config.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
     )
@@ -323,7 +305,7 @@ def _sweep_trial(
     store = inspect_store(config.features, config.semantic_modality)
     document = metrics_document(config, result.return_value, store)
     document["checkpoint"] = result.checkpoint.path
-    _write_json(run_dir / "metrics.json", document)
+    atomic_write_json(run_dir / "metrics.json", document, default=str)
 
 
 def _run_training_task(loop_config: dict[str, Any], datasets: dict | None) -> dict[str, Any]:
@@ -351,7 +333,7 @@ def fit_or_restore(
 ) -> tuple[tune.ResultGrid, bool]:
     """``Tuner.restore`` when ``path`` holds an experiment, else a new one: (results, restored)."""
     if tune.Tuner.can_restore(str(path)):
-        print(f"restoring the experiment in {path}", flush=True)
+        logger.info(f"restoring the experiment in {path}")
         tuner = tune.Tuner.restore(
             str(path), trainable=trainable, resume_unfinished=True, resume_errored=True
         )
@@ -408,7 +390,7 @@ def _export_best(rows: list[dict], out: Path, metric: str) -> dict[str, Any]:
     document = json.loads((out / "trials" / best["trial"] / "metrics.json").read_text())
     export_model(document.pop("checkpoint"), out / "best" / "model")
     document.update(model="model", trial=best["trial"], objective={metric: best[metric]})
-    _write_json(out / "best" / "metrics.json", document)
+    atomic_write_json(out / "best" / "metrics.json", document, default=str)
     plot_learning_curves(document["history"], out / "best" / "learning_curves.png")
     return best
 
@@ -430,7 +412,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     # running when it died) belong to no live trial: Ray 2.60 can leave them holding CPUs.
     stale = sum(release_placement_groups(path) for path in out.glob(f"trials/*/{PLACEMENT_GROUPS}"))
     if stale:
-        print(f"released {stale} worker placement group(s) left by an earlier run of {out}")
+        logger.info(f"released {stale} worker placement group(s) left by an earlier run of {out}")
     datasets = prepare_datasets(base.features, base.semantic_modality, config.materialize)
     trainable = tune.with_resources(
         tune.with_parameters(_sweep_trial, base=fixed, root=str(out), datasets=datasets),
@@ -474,5 +456,5 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
         "max_concurrent_trials": concurrency,
         "config": asdict(config),
     }
-    _write_json(out / "summary.json", summary)
+    atomic_write_json(out / "summary.json", summary, default=str)
     return summary

@@ -103,6 +103,7 @@ def _write_msrvtt(path: Path, video_ids: list[str]) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_real_clips_and_bad_files(shared_data, ray_session, tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()
@@ -158,6 +159,7 @@ def _run_extract(args, env, **kwargs):
     return subprocess.Popen(command, env=env, cwd=REPO, start_new_session=True, **kwargs)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_rows(synthetic, synthetic_store, tmp_path):
     reference, _, _ = synthetic_store
     out = tmp_path / "store"

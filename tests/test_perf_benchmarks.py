@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every benchmark script runs end to end (minutes)
+
 REPO = Path(__file__).resolve().parents[1]
 # extraction has its own test below
 SCRIPTS = ["limits", "s3d_cpu", "s3d_layers", "memory", "training"]

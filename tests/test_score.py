@@ -22,6 +22,8 @@ from pipeline.ingest.manifest import read_msrvtt
 from pipeline.score.batch import ScoreConfig, score_videos
 from pipeline.synthetic.videos import Camera, SyntheticConfig, generate_synthetic_dataset
 
+pytestmark = pytest.mark.slow  # every test scores with a model trained in its fixture
+
 REPO = Path(__file__).resolve().parents[1]
 CLIP = {"s3d_weights": "random", "clip_len": 16, "clip_stride": 16}
 

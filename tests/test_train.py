@@ -134,6 +134,7 @@ def test_exported_checkpoint_scores_like_metrics_json(local_run):
     assert {"optimizer", "scheduler", "stage"} <= set(state)
 
 
+@pytest.mark.slow
 def test_local_mode_rerun_resumes_without_retraining(local_run):
     config, summary = local_run
     again = run_training(config)
@@ -142,6 +143,7 @@ def test_local_mode_rerun_resumes_without_retraining(local_run):
     assert again["metrics"]["splits"] == summary["metrics"]["splits"]
 
 
+@pytest.mark.slow
 def test_multi_label_multistage_reports_precision_and_recall(tmp_path, ray_session):
     features = write_store(tmp_path / "store", task="multi_label")
     config = TrainConfig(

@@ -19,6 +19,8 @@ from pipeline.synthetic.crosscam import BenchmarkData, generate_benchmark_store
 from pipeline.train.trainer import TrainConfig
 from pipeline.tune import sweep as tuning
 
+pytestmark = pytest.mark.slow  # sweeps and their kill-and-restore run whole trainings
+
 REPO = Path(__file__).resolve().parents[1]
 
 

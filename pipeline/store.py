@@ -19,7 +19,7 @@ import os
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +31,9 @@ __all__ = [
     "MODALITY_DIMS",
     "SPLITS",
     "TASKS",
+    "Modality",
+    "Split",
+    "Task",
     "StoreError",
     "atomic_write_bytes",
     "atomic_write_table",
@@ -48,9 +51,12 @@ __all__ = [
 
 DATASET_JSON = "dataset.json"
 FAILURES_DIR = "_failures"
-TASKS = ("single_label", "multi_label")
-SPLITS = ("train", "val", "test")
-MODALITIES = ("visual", "text", "audio")
+Task = Literal["single_label", "multi_label"]
+Split = Literal["train", "val", "test"]
+Modality = Literal["visual", "text", "audio"]
+TASKS = get_args(Task)
+SPLITS = get_args(Split)
+MODALITIES = get_args(Modality)
 # Fixed feature widths; text depends on the text model and is read from dataset.json.
 MODALITY_DIMS = {"visual": 1024, "audio": 128}
 

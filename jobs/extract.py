@@ -24,100 +24,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.common.ray_utils import init_ray  # noqa: E402
-from pipeline.extract.job import ExtractConfig, extract_features  # noqa: E402
+from pipeline.common import cli
+from pipeline.extract.job import ExtractConfig, extract_features
 
 
-def parse_args(argv=None) -> tuple[ExtractConfig, argparse.Namespace]:
-    defaults = ExtractConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", choices=["msrvtt", "activitynet"], default=defaults.dataset)
-    parser.add_argument("--videos", required=True, help="video root: local path or URI")
-    parser.add_argument("--annotations", nargs="+", required=True, help="annotation JSON files")
-    parser.add_argument("--out", required=True, help="feature store directory")
-    parser.add_argument("--ground-truth", help="ActivityNet activity_net.v1-3.min.json")
-    parser.add_argument("--split-scheme", choices=["official", "paper"], default="official")
-    parser.add_argument(
-        "--task",
-        choices=["single_label", "multi_label"],
-        default="single_label",
-        help="ActivityNet: majority label, or every label of a video",
-    )
-    parser.add_argument("--name", help="store name (default: the dataset's)")
-    parser.add_argument(
-        "--modalities", default=",".join(defaults.modalities), help="visual,text,audio subset"
-    )
-    parser.add_argument("--limit", type=int, help="only the first N videos (quick runs)")
-    parser.add_argument(
-        "--s3d-weights",
-        default=defaults.s3d_weights,
-        help="kinetics400 (torch hub cache), a local .pth, or random (no pretrained meaning)",
-    )
-    parser.add_argument("--fps", type=float, default=defaults.fps)
-    parser.add_argument("--clip-len", type=int, default=defaults.clip_len)
-    parser.add_argument("--clip-stride", type=int, default=defaults.clip_stride)
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--text-model", default=defaults.text_model)
-    parser.add_argument("--text-pooling", choices=["mean", "cls"], default=defaults.text_pooling)
-    parser.add_argument("--vggish-weights", help="torchvggish .pth, or random")
-    parser.add_argument("--vggish-pca", help="vggish_pca_params.npz for PCA post-processing")
-    parser.add_argument("--clip-batch-size", type=int, default=defaults.clip_batch_size)
-    parser.add_argument("--model-actors", type=int, help="actors per model (default: #GPUs or 1)")
-    parser.add_argument(
-        "--s3d-execution",
-        choices=["auto", "eager", "channels_last", "compile"],
-        default=defaults.s3d_execution,
-        help="how S3D runs (same features): auto compiles on CPU when cached or worth it",
-    )
-    parser.add_argument("--model-threads", type=int, help="torch threads per CPU model actor")
-    parser.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a new local Ray)")
-    parser.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray")
-    args = parser.parse_args(argv)
-    config = ExtractConfig(
-        dataset=args.dataset,
-        videos=args.videos,
-        annotations=tuple(args.annotations),
-        out=args.out,
-        ground_truth=args.ground_truth,
-        split_scheme=args.split_scheme,
-        task=args.task,
-        name=args.name,
-        modalities=tuple(m.strip() for m in args.modalities.split(",") if m.strip()),
-        limit=args.limit,
-        s3d_weights=args.s3d_weights,
-        fps=args.fps,
-        clip_len=args.clip_len,
-        clip_stride=args.clip_stride,
-        channels_last=args.channels_last,
-        text_model=args.text_model,
-        text_pooling=args.text_pooling,
-        vggish_weights=args.vggish_weights,
-        vggish_pca=args.vggish_pca,
-        clip_batch_size=args.clip_batch_size,
-        model_actors=args.model_actors,
-        s3d_execution=args.s3d_execution,
-        model_threads=args.model_threads,
-        use_gpu=args.use_gpu,
-    )
-    return config, args
+def build_parser() -> argparse.ArgumentParser:
+    return cli.config_parser(ExtractConfig, __doc__)
 
 
-def main(argv=None) -> int:
-    try:
-        config, args = parse_args(argv)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    init_ray(args.address, num_cpus=args.num_cpus)
-    summary = extract_features(config)
-    print(json.dumps(summary, indent=2))
-    print(f"feature store: {config.out} (failures in {config.out}/_failures/)")
-    return 0
+def extract(config: ExtractConfig, args: argparse.Namespace) -> str:
+    print(json.dumps(extract_features(config), indent=2))
+    return f"feature store: {config.out} (failures in {config.out}/_failures/)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_job(extract, build_parser(), ExtractConfig, argv)
 
 
 if __name__ == "__main__":

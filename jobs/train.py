@@ -4,6 +4,7 @@ Run locally (starts a new local Ray unless RAY_ADDRESS or --address is given):
 
     python jobs/train.py --features outputs/features --out outputs/run \
         --semantic text --backbone gru --ablation full --epochs 12 --num-workers 2
+    python jobs/train.py --config configs/train-msrvtt-paper.yaml --features F --out O
 
 On a cluster (the driver joins the cluster through RAY_ADDRESS):
 
@@ -17,63 +18,31 @@ training loop in this process (Ray Train local mode). Every flag is a TrainConfi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-import types
-import typing
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.common.ray_utils import init_ray  # noqa: E402
-from pipeline.train.trainer import TrainConfig, run_training  # noqa: E402
-
-CHOICES = {
-    "semantic": ("text", "audio"),
-    "backbone": ("gru", "vilt"),
-    "ablation": ("baseline", "align", "inference", "fusion", "full"),
-    "align_fn": ("coral", "l2", "kl", "ssan"),
-    "align_target": ("clip", "whole"),
-    "fusion": ("concat", "plus", "mult", "max", "min"),
-    "strategy": ("end2end", "multistage"),
-    "fail_kind": ("raise", "kill"),
-}
+from pipeline.common import cli
+from pipeline.train.trainer import TrainConfig, run_training
 
 
 def build_parser() -> argparse.ArgumentParser:
     """One flag per TrainConfig field: --alpha-sim for alpha_sim, --use-gpu for use_gpu."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    hints = typing.get_type_hints(TrainConfig)
-    for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        kind = hints[field.name]
-        required = field.default is dataclasses.MISSING
-        if kind is bool:
-            parser.add_argument(flag, action="store_true")
-            continue
-        if isinstance(kind, types.UnionType):  # X | None
-            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
-        default = None if required else field.default
-        parser.add_argument(
-            flag, type=kind, default=default, required=required, choices=CHOICES.get(field.name)
-        )
-    return parser
+    return cli.config_parser(TrainConfig, __doc__)
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    return TrainConfig(**vars(build_parser().parse_args(argv)))
+    return cli.parse_config(build_parser(), TrainConfig, argv)[0]
 
 
-def main(argv: list[str] | None = None) -> None:
-    config = parse_config(argv)
-    init_ray(config.address)
+def train(config: TrainConfig, args: argparse.Namespace) -> str:
     summary = run_training(config)
-    splits = summary["metrics"]["splits"]
-    for split, metrics in splits.items():
+    for split, metrics in summary["metrics"]["splits"].items():
         print(split, " ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
-    print(f"model: {summary['model']}")
-    print(f"metrics: {summary['metrics_path']}")
+    return f"model: {summary['model']}\nmetrics: {summary['metrics_path']}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_job(train, build_parser(), TrainConfig, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

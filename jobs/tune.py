@@ -20,64 +20,39 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.tune import sweep as tuning  # noqa: E402
-from pipeline.common.ray_utils import init_ray  # noqa: E402
+from pipeline.common import cli
+from pipeline.tune import sweep as tuning
 
 
-def parse_args(argv=None) -> tuple[tuning.SweepConfig, argparse.Namespace]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--features", required=True, help="feature store directory")
-    parser.add_argument("--out", required=True, help="sweep directory (re-run to resume)")
-    parser.add_argument("--num-samples", type=int, default=16)
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.config_parser(tuning.SweepConfig, __doc__)
     parser.add_argument("--space", help="YAML with a space: and/or a train: section")
-    parser.add_argument("--param", action="append", default=[], help="NAME=SPEC, repeatable")
-    parser.add_argument("--set", action="append", default=[], help="FIELD=VALUE, repeatable")
-    parser.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
-    parser.add_argument("--searcher", choices=("random", "optuna"), default="random")
-    parser.add_argument("--grace-period", type=int, default=1)
-    parser.add_argument("--reduction-factor", type=int, default=2)
-    parser.add_argument("--metric", help="default val/acc1 (val/precision@1 multi-label)")
-    parser.add_argument("--trial-cpus", type=float, default=0.25)
-    parser.add_argument("--data-cpus", type=float, default=1.0)
-    parser.add_argument("--max-concurrent-trials", type=int)
-    parser.add_argument(
-        "--materialize", action=argparse.BooleanOptionalAction, help="default: <1GiB"
-    )
-    parser.add_argument("--top-trials", type=int, default=5, help="learning curves drawn")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS or local)")
-    parser.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray instance")
-    args = parser.parse_args(argv)
+    parser.add_argument("--param", action="append", help="NAME=SPEC of the space, repeatable")
+    parser.add_argument("--set", action="append", help="FIELD=VALUE of every trial, repeatable")
+    return parser
+
+
+def make_config(values: dict, args: argparse.Namespace) -> tuning.SweepConfig:
+    """The sweep: the default space, then --config's and --space's sections, then the flags."""
     space, train = tuning.load_space_file(args.space) if args.space else ({}, {})
-    space = {**tuning.DEFAULT_SPACE, **space, **dict(map(tuning.parse_param, args.param))}
-    train = {**train, **dict(map(tuning.parse_param, args.set))}
-    options = {k: getattr(args, k) for k in ("scheduler", "searcher", "grace_period", "metric")}
-    options.update({k: getattr(args, k) for k in ("trial_cpus", "data_cpus", "seed", "address")})
-    options.update(materialize=args.materialize, top_trials=args.top_trials)
-    config = tuning.SweepConfig(
-        features=args.features, out=args.out, num_samples=args.num_samples, space=space,
-        train=train, reduction_factor=args.reduction_factor,
-        max_concurrent_trials=args.max_concurrent_trials, **options,
-    )  # fmt: skip
-    return config, args
+    space = {**tuning.DEFAULT_SPACE, **values.pop("space", {}), **space}
+    space.update(map(tuning.parse_param, args.param or []))
+    train = {**values.pop("train", {}), **train, **dict(map(tuning.parse_param, args.set or []))}
+    return tuning.SweepConfig(space=space, train=train, **values)
 
 
-def main(argv=None) -> int:
-    try:
-        config, args = parse_args(argv)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    init_ray(args.address, num_cpus=args.num_cpus)
+def sweep(config: tuning.SweepConfig, args: argparse.Namespace) -> str:
     summary = tuning.run_sweep(config)
     print(json.dumps({k: summary[k] for k in ("best", "best_model", "status", "restored")}))
-    print(f"best model: {summary['best_model']}; table: {config.out}/results.md; "
-          f"plots: {config.out}/plots/")  # fmt: skip
-    return 0
+    return (
+        f"best model: {summary['best_model']}; table: {config.out}/results.md; "
+        f"plots: {config.out}/plots/"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_job(sweep, build_parser(), tuning.SweepConfig, argv, build=make_config)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +42,9 @@ __all__ = [
     "MODALITY_DIMS",
     "SPLITS",
     "TASKS",
+    "Modality",
+    "Split",
+    "Task",
     "StoreError",
     "atomic_write_bytes",
     "atomic_write_table",
@@ -60,9 +63,12 @@ __all__ = [
 
 DATASET_JSON = "dataset.json"
 FAILURES_DIR = "_failures"
-TASKS = ("single_label", "multi_label")
-SPLITS = ("train", "val", "test")
-MODALITIES = ("visual", "text", "audio")
+Task = Literal["single_label", "multi_label"]
+Split = Literal["train", "val", "test"]
+Modality = Literal["visual", "text", "audio"]
+TASKS = get_args(Task)
+SPLITS = get_args(Split)
+MODALITIES = get_args(Modality)
 RESERVED_COLUMNS = ("video_id", "split", "label", "labels", "bucket")
 # Fixed feature widths; text depends on the text model and is read from dataset.json.
 MODALITY_DIMS = {"visual": 1024, "audio": 128}

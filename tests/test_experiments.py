@@ -32,7 +32,7 @@ def test_grids_are_the_papers_cells():
     assert cells["none"].train["alpha_sim"] == cells["none"].train["alpha_align"] == 0.0
     for grid, cells in experiments.GRIDS.items():  # every cell is a valid training config
         for cell in cells:
-            TrainConfig(features="f", out="o", **cell.train)
+            TrainConfig.from_flat(features="f", out="o", **cell.train)
         assert set(experiments.TSNE_MODELS[grid]) <= {cell.name for cell in cells}
 
 

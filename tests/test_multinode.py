@@ -173,9 +173,14 @@ def _extract_losing_a_node(cluster, dataset: dict, out: Path) -> tuple[dict, _Re
 
 
 def _train(store: Path, workdir: Path) -> dict:
-    from pipeline.train.trainer import TrainConfig, run_training
+    from pipeline.train.trainer import (
+        FAIL_AT_EPOCH_ENV,
+        FAIL_KIND_ENV,
+        TrainConfig,
+        run_training,
+    )
 
-    config = TrainConfig(
+    config = TrainConfig.from_flat(
         features=str(store),
         out=str(workdir / "run"),
         epochs=EPOCHS,
@@ -185,11 +190,14 @@ def _train(store: Path, workdir: Path) -> dict:
         rho=16,
         num_workers=2,
         cpus_per_worker=1.0,
-        fail_at_epoch=1,
-        fail_kind="kill",  # the last rank's worker process dies by SIGKILL
         max_failures=1,
     )
-    return run_training(config)["metrics"]
+    # At epoch 1 the last rank's worker process dies by SIGKILL (the trainer forwards the
+    # driver's CRIF_TEST_* variables to its workers).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(FAIL_AT_EPOCH_ENV, "1")
+        patch.setenv(FAIL_KIND_ENV, "kill")
+        return run_training(config)["metrics"]
 
 
 def run_scenario(workdir: Path) -> dict:

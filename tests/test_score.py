@@ -61,7 +61,7 @@ def trained(ray_session, tmp_path_factory):
     )
     run = root / "run"
     result = run_training(
-        TrainConfig(
+        TrainConfig.from_flat(
             features=str(features),
             out=str(run),
             epochs=12,

@@ -14,10 +14,18 @@ import torch
 
 from pipeline import store
 from pipeline.artifact import CHECKPOINT_INFO, CHECKPOINT_WEIGHTS, load_model
+from pipeline.common.cli import SHARED_FLAGS
+from pipeline.common.configs import flat_names
 from pipeline.crif.losses import LossWeights, crif_losses
 from pipeline.crif.model import CRIFConfig, build_model
 from pipeline.train.data import PaddedBatchCollate
-from pipeline.train.trainer import TrainConfig, batch_losses, run_training, stage_plan
+from pipeline.train.trainer import (
+    FAIL_AT_EPOCH_ENV,
+    TrainConfig,
+    batch_losses,
+    run_training,
+    stage_plan,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SINGLE_LABEL_KEYS = {"acc1", "acc5", "macro_f1"}
@@ -85,7 +93,9 @@ def single_store(tmp_path_factory):
 def local_run(single_store, tmp_path_factory, ray_session):
     """One local-mode run (the loop in this process) shared by the contract tests."""
     out = tmp_path_factory.mktemp("local") / "run"
-    config = TrainConfig(features=str(single_store), out=str(out), epochs=3, num_workers=0, **SMALL)
+    config = TrainConfig.from_flat(
+        features=str(single_store), out=str(out), epochs=3, num_workers=0, **SMALL
+    )
     return config, run_training(config)
 
 
@@ -115,6 +125,8 @@ def test_exported_checkpoint_scores_like_metrics_json(local_run):
     assert info["class_names"] == ["c0", "c1", "c2", "c3"] and info["epoch"] == 2
     assert info["modalities"]["visual"]["config"] == {"fps": 1}
     assert info["modalities"]["text"]["dim"] == 8
+    assert not {"fail_at_epoch", "fail_kind", "address"} & set(info["train_config"])
+    assert TrainConfig.from_dict(info["train_config"]) == config
     assert CRIFConfig.from_dict(info["model_config"]) == model.config
     table = store.read_store(config.features)
     table = table.filter(pa.compute.equal(table["split"], "test"))
@@ -146,7 +158,7 @@ def test_local_mode_rerun_resumes_without_retraining(local_run):
 @pytest.mark.slow
 def test_multi_label_multistage_reports_precision_and_recall(tmp_path, ray_session):
     features = write_store(tmp_path / "store", task="multi_label")
-    config = TrainConfig(
+    config = TrainConfig.from_flat(
         features=str(features),
         out=str(tmp_path / "run"),
         epochs=3,
@@ -196,16 +208,16 @@ def test_semantic_terms_use_only_rows_with_a_semantic_input():
 
 
 def test_stage_plan_blocks_and_validation(tmp_path):
-    config = TrainConfig(features="f", out="o", epochs=7, strategy="multistage")
+    config = TrainConfig.from_flat(features="f", out="o", epochs=7, strategy="multistage")
     model_config = CRIFConfig(num_classes=3, ablation="full")
     assert stage_plan(config, model_config) == [1, 1, 1, 2, 2, 3, 3]
     align = CRIFConfig(num_classes=3, ablation="align")
-    assert stage_plan(dataclasses.replace(config, epochs=2), align) == [1, 2]
-    assert stage_plan(dataclasses.replace(config, strategy="end2end"), align) == [None] * 7
+    assert stage_plan(config.replace_flat(epochs=2), align) == [1, 2]
+    assert stage_plan(config.replace_flat(strategy="end2end"), align) == [None] * 7
     with pytest.raises(ValueError):
-        stage_plan(dataclasses.replace(config, epochs=2), model_config)
+        stage_plan(config.replace_flat(epochs=2), model_config)
     assert config.loss_weights(0).alpha_sim == 1.0
-    warm = dataclasses.replace(config, align_warmup=2)
+    warm = config.replace_flat(align_warmup=2)
     assert [warm.loss_weights(e).alpha_align for e in range(3)] == [0.0, 0.5, 1.0]
 
 
@@ -214,11 +226,11 @@ def test_cli_flags_map_one_to_one_onto_train_config():
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
     flags = {action.dest for action in job.build_parser()._actions} - {"help"}
-    assert flags == {field.name for field in dataclasses.fields(TrainConfig)}
-    config = job.parse_config(
-        ["--features", "f", "--out", "o", "--alpha-sim", "0.5", "--use-gpu", "--fail-at-epoch", "2"]
-    )
-    assert (config.alpha_sim, config.use_gpu, config.fail_at_epoch) == (0.5, True, 2)
+    assert flags == set(flat_names(TrainConfig)) | set(SHARED_FLAGS)
+    config = job.parse_config(["--features", "f", "--out", "o", "--alpha-sim", "0.5", "--use-gpu"])
+    assert (config.optimization.alpha_sim, config.resources.use_gpu) == (0.5, True)
+    with pytest.raises(SystemExit):  # test-only switches are no flags
+        job.parse_config(["--features", "f", "--out", "o", "--fail-at-epoch", "2"])
     assert "ray job submit --working-dir . -- python jobs/train.py" in job.__doc__
 
 
@@ -238,22 +250,24 @@ PAIR = {**SMALL, "hidden_dim": 32, "shared_dim": 32, "rho": 16, "ablation": "ali
 def two_worker_run(single_store, tmp_path_factory, ray_session):
     """2 workers (0.5 CPU each); rank 0 raises once at epoch 2, FailureConfig restarts."""
     out = tmp_path_factory.mktemp("two") / "run"
-    config = TrainConfig(
+    config = TrainConfig.from_flat(
         features=str(single_store),
         out=str(out),
         epochs=EPOCHS,
         num_workers=2,
-        fail_at_epoch=2,
         max_failures=1,
         **PAIR,
     )
-    return config, run_training(config)["metrics"]
+    # The trainer forwards CRIF_TEST_* variables of the driver to its workers.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(FAIL_AT_EPOCH_ENV, "2")
+        return config, run_training(config)["metrics"]
 
 
 @pytest.fixture(scope="module")
 def one_worker_run(single_store, tmp_path_factory, ray_session):
     out = tmp_path_factory.mktemp("one") / "run"
-    config = TrainConfig(
+    config = TrainConfig.from_flat(
         features=str(single_store),
         out=str(out),
         epochs=EPOCHS,

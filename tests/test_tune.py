@@ -72,17 +72,19 @@ def test_sweep_config_validation(tmp_path):
 
 
 def test_concurrency_and_resources_are_derived_from_the_cluster():
-    small = TrainConfig(features="f", out="o", num_workers=1, cpus_per_worker=0.25)
+    small = TrainConfig.from_flat(features="f", out="o", num_workers=1, cpus_per_worker=0.25)
     # 2 CPUs, 1 kept for Ray Data: two trials of 0.25 (driver) + 0.25 (worker).
     assert tuning.concurrent_trials(small, 0.25, 1.0, {"CPU": 2.0}) == 2
     assert tuning.concurrent_trials(small, 0.25, 1.0, {"CPU": 16.0}) == 30
-    whole = TrainConfig(features="f", out="o", num_workers=1, cpus_per_worker=1.0)
+    whole = TrainConfig.from_flat(features="f", out="o", num_workers=1, cpus_per_worker=1.0)
     with pytest.raises(ValueError, match="lower cpus_per_worker"):
         tuning.concurrent_trials(whole, 0.25, 1.0, {"CPU": 2.0})  # the set-up that stalls
-    gpu = TrainConfig(features="f", out="o", num_workers=2, cpus_per_worker=4, use_gpu=True)
+    gpu = TrainConfig.from_flat(
+        features="f", out="o", num_workers=2, cpus_per_worker=4, use_gpu=True
+    )
     assert tuning.concurrent_trials(gpu, 1.0, 1.0, {"CPU": 64.0, "GPU": 4.0}) == 2
     assert tuning.trial_resources(small, 0.25).bundles == [{"CPU": 0.25}]
-    local = TrainConfig(features="f", out="o", num_workers=0, cpus_per_worker=0.5)
+    local = TrainConfig.from_flat(features="f", out="o", num_workers=0, cpus_per_worker=0.5)
     assert tuning.trial_resources(local, 0.25).bundles == [{"CPU": 0.25}, {"CPU": 0.5}]
 
 

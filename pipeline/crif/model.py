@@ -27,16 +27,25 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
+
+from pipeline.common.configs import check_choices
+from pipeline.store import Task
 
 __all__ = [
     "ABLATIONS",
     "ALIGN_FUNCTIONS",
     "ALIGN_TARGETS",
     "BACKBONES",
+    "Ablation",
+    "AlignFunction",
+    "AlignTarget",
+    "Backbone",
+    "FusionOperator",
     "CRIF",
     "CRIFConfig",
     "CRIFOutput",
@@ -53,12 +62,17 @@ __all__ = [
     "training_stages",
 ]
 
-ABLATIONS = ("baseline", "align", "inference", "fusion", "full")
-FUSIONS = ("concat", "plus", "mult", "max", "min")
-BACKBONES = ("gru", "vilt")
-TASKS = ("single_label", "multi_label")
-ALIGN_FUNCTIONS = ("coral", "l2", "kl", "ssan")  # implemented in pipeline.crif.losses
-ALIGN_TARGETS = ("clip", "whole")
+Ablation = Literal["baseline", "align", "inference", "fusion", "full"]
+FusionOperator = Literal["concat", "plus", "mult", "max", "min"]
+Backbone = Literal["gru", "vilt"]
+AlignFunction = Literal["coral", "l2", "kl", "ssan"]  # implemented in pipeline.crif.losses
+AlignTarget = Literal["clip", "whole"]
+ABLATIONS = get_args(Ablation)
+FUSIONS = get_args(FusionOperator)
+BACKBONES = get_args(Backbone)
+TASKS = get_args(Task)
+ALIGN_FUNCTIONS = get_args(AlignFunction)
+ALIGN_TARGETS = get_args(AlignTarget)
 
 # Which optional branches each ablation builds (and so which loss terms it has).
 _BRANCHES = {
@@ -85,15 +99,16 @@ class CRIFConfig:
     num_classes: int
     visual_dim: int = 1024
     semantic_dim: int = 384  # 0 only for ablation "baseline" (no semantic branch)
-    task: str = "single_label"  # or "multi_label"
-    backbone: str = "gru"
+    task: Task = "single_label"
+    backbone: Backbone = "gru"
     hidden_dim: int = 256  # backbone output width (x, t, t_r)
     shared_dim: int = 256  # distributional alignment space (x_a, t_a); also the fusion width
     rho: int = 128  # width of the key part x_c, t_c
-    fusion: str = "concat"
-    ablation: str = "full"
-    align_fn: str = "coral"
-    align_target: str = "clip"  # "clip": align x_c/t_c (CRIF); "whole": x_a/t_a (Table V "Align")
+    fusion: FusionOperator = "concat"
+    ablation: Ablation = "full"
+    align_fn: AlignFunction = "coral"
+    # "clip": align x_c/t_c (CRIF); "whole": x_a/t_a (Table V "Align")
+    align_target: AlignTarget = "clip"
     detach_semantic: bool = True  # the semantic side is the teacher in alignment terms
     dropout: float = 0.1
     context_gating: bool = False  # GRU option
@@ -105,17 +120,7 @@ class CRIFConfig:
     vilt_pretrained: str | None = None  # local from_pretrained directory; sets the ViLT size
 
     def __post_init__(self) -> None:
-        choices = {
-            "task": TASKS,
-            "backbone": BACKBONES,
-            "fusion": FUSIONS,
-            "ablation": ABLATIONS,
-            "align_fn": ALIGN_FUNCTIONS,
-            "align_target": ALIGN_TARGETS,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        check_choices(self)
         for name in ("num_classes", "visual_dim", "hidden_dim", "shared_dim", "rho"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

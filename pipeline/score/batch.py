@@ -24,6 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -31,10 +32,12 @@ import pyarrow.parquet as pq
 
 from pipeline import store
 from pipeline.artifact import ExtractorSetup, model_id, read_checkpoint_info, resolve_model_dir
+from pipeline.common.configs import check_choices
 from pipeline.extract.job import ExtractConfig, extract_modality, parts_directory
 
 __all__ = [
     "CRIFScorer",
+    "OutputFormat",
     "ScoreConfig",
     "extract_visual",
     "predict_visual",
@@ -47,31 +50,32 @@ logger = logging.getLogger(__name__)
 
 FEATURES_DIR = "_features"
 PARTS_DIR = "_parts"
-FORMATS = ("parquet", "jsonl", "csv")
+OutputFormat = Literal["parquet", "jsonl", "csv"]
+FORMATS = get_args(OutputFormat)
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """One scoring run; jobs/score.py maps its flags 1:1 onto these fields."""
+    """One scoring run; jobs/score.py maps its flags 1:1 onto these fields (the field comments
+    are the flags' help)."""
 
     model: str  # RUN_DIR, RUN_DIR/model, a Tune best/ dir, or a checkpoint directory
-    out: str
-    videos: str | None = None  # directory, glob, list file or .tar (see manifest.read_folder)
-    features: str | None = None  # reuse an existing feature store instead of decoding
-    format: str = "parquet"
-    top_k: int = 5
-    s3d_weights: str | None = None  # a local .pth when the model was trained on one
-    limit: int | None = None
-    clip_batch_size: int = 4
-    video_batch_size: int = 64
-    model_actors: int | None = None
-    use_gpu: bool | None = None
+    out: str  # output directory of the predictions (a rerun scores only what is missing)
+    videos: str | None = None  # videos to score: directory, glob, list file of paths, or .tar
+    features: str | None = None  # an existing feature store to score instead of --videos
+    format: OutputFormat = "parquet"  # file format of OUT/predictions.*
+    top_k: int = 5  # classes (with probabilities) listed per video
+    s3d_weights: str | None = None  # a local S3D .pth when the model was trained on one
+    limit: int | None = None  # only the first N videos
+    clip_batch_size: int = 4  # S3D clips per model call
+    video_batch_size: int = 64  # videos per CRIF model call
+    model_actors: int | None = None  # actors per model (default: GPUs when present, else 1)
+    use_gpu: bool | None = None  # run the models on GPUs (default: when the cluster has them)
 
     def __post_init__(self):
         if (self.videos is None) == (self.features is None):
             raise ValueError("give exactly one of videos (to decode) or features (a store)")
-        if self.format not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+        check_choices(self)
         if self.top_k < 1:
             raise ValueError("top_k must be >= 1")
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -32,11 +32,13 @@ import pyarrow.parquet as pq
 from pipeline import store
 from pipeline.artifact import ExtractorSetup, model_id, read_checkpoint_info, resolve_model_dir
 from pipeline.common.atomic import atomic_write_json, atomic_write_text
+from pipeline.common.configs import check_choices
 from pipeline.common.plots import pyplot
 from pipeline.common.tables import format_number, markdown_table
-from pipeline.ingest.manifest import read_msrvtt
+from pipeline.ingest.manifest import SplitScheme, read_msrvtt
 from pipeline.score.batch import extract_visual, scoring_pipeline, visual_description
 from pipeline.score.shifts import SEVERITIES, SHIFTS, shift_tag, validate_shift
+from pipeline.store import Split
 
 __all__ = [
     "QUICK",
@@ -56,28 +58,32 @@ QUICK = {"severities": (2,), "limit": 24}  # --quick: the middle severity, 24 te
 
 @dataclass(frozen=True)
 class RobustnessConfig:
-    """One robustness run; jobs/robustness.py maps its flags 1:1 onto these fields."""
+    """One robustness run; jobs/robustness.py maps its flags 1:1 onto these fields (the field
+    comments are the flags' help; ``--model`` is repeated, once per model)."""
 
-    models: tuple[str, ...]  # RUN_DIRs (or model directories) to compare
+    # a RUN_DIR (or model directory) to compare; repeat the flag for each model
+    models: tuple[str, ...] = field(metadata={"flag": "--model", "append": True})
     videos: str  # the video directory, or a feature store made from it (dataset.json)
-    out: str
-    annotations: tuple[str, ...] = ()  # MSR-VTT JSON; default: the feature store's own
-    split: str = "test"
-    split_scheme: str = "official"
-    shifts: tuple[str, ...] = tuple(SHIFTS)
-    severities: tuple[int, ...] = SEVERITIES
-    seed: int = 0
-    limit: int | None = None  # the first N videos of the split
-    quick: bool = False  # QUICK's severities and limit (explicit values win)
-    s3d_weights: str | None = None  # a local .pth when the models were trained on one
-    clip_batch_size: int = 4
-    video_batch_size: int = 64
-    model_actors: int | None = None
-    use_gpu: bool | None = None
+    out: str  # output directory: robustness.md, robustness.png, robustness.json
+    annotations: tuple[str, ...] = ()  # MSR-VTT JSON with the labels; default: the store's own
+    split: Split = "test"  # the split whose videos are scored
+    split_scheme: SplitScheme = "official"  # MSR-VTT split scheme of the annotations
+    # camera shifts simulated (pipeline/score/shifts.py)
+    shifts: tuple[str, ...] = field(default=tuple(SHIFTS), metadata={"choices": tuple(SHIFTS)})
+    severities: tuple[int, ...] = SEVERITIES  # severities of every shift
+    seed: int = 0  # seed of the random parts of the shifts
+    limit: int | None = None  # only the first N videos of the split
+    quick: bool = False  # severity 2 only and 24 videos (explicit values win)
+    s3d_weights: str | None = None  # a local S3D .pth when the models were trained on one
+    clip_batch_size: int = 4  # S3D clips per model call
+    video_batch_size: int = 64  # videos per CRIF model call
+    model_actors: int | None = None  # actors per model (default: GPUs when present, else 1)
+    use_gpu: bool | None = None  # run the models on GPUs (default: when the cluster has them)
 
     def __post_init__(self):
         if not self.models:
             raise ValueError("give at least one model (RUN_DIR)")
+        check_choices(self)
         for name in self.shifts:
             validate_shift({"name": name, "severity": 1})
         for severity in self.severities:

@@ -45,9 +45,9 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import ray.train
@@ -59,12 +59,23 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.artifact import CHECKPOINT_FORMAT, export_model, read_checkpoint, write_checkpoint
 from pipeline.common.atomic import atomic_write_json
+from pipeline.common.configs import (
+    build_config,
+    check_choices,
+    flatten_document,
+    to_flat,
+)
 from pipeline.common.logs import ensure_logging
 from pipeline.crif.losses import LossWeights, crif_losses
 from pipeline.crif.metrics import classification_metrics
 from pipeline.crif.model import (
+    Ablation,
+    AlignFunction,
+    AlignTarget,
+    Backbone,
     CRIFConfig,
     CRIFOutput,
+    FusionOperator,
     ablation_branches,
     build_model,
     training_stages,
@@ -74,6 +85,9 @@ from pipeline.train.data import PaddedBatchCollate, StoreSplits, inspect_store, 
 
 __all__ = [
     "STRATEGIES",
+    "ModelSettings",
+    "OptimizationSettings",
+    "ResourceSettings",
     "TrainConfig",
     "batch_losses",
     "build_trainer",
@@ -89,66 +103,111 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("end2end", "multistage")
-FAIL_KINDS = ("raise", "kill")
+Strategy = Literal["end2end", "multistage"]
+SemanticModality = Literal["text", "audio"]
+STRATEGIES = get_args(Strategy)
+# Keys of the flat train_config of older files that are no TrainConfig fields any more.
+_RETIRED_FIELDS = ("fail_at_epoch", "fail_kind", "address")
 LR_DECAY = 0.1
 SEMANTIC_TERMS = ("L_semantic", "L_sim", "L_align", "L_recon_distance")
 KEEP_CHECKPOINTS = 2
 
 
 @dataclass(frozen=True)
+class ModelSettings:
+    """The model: these fields are ``CRIFConfig``'s own (same names), the rest comes from the
+    store (classes, dims, task)."""
+
+    backbone: Backbone = "gru"  # sequence backbone of both modalities (GRU or ViLT-style)
+    ablation: Ablation = "full"  # branches built: baseline, align, inference, fusion, full CRIF
+    align_fn: AlignFunction = "coral"  # L_align: Deep CORAL, L2, KL divergence or SSAN
+    align_target: AlignTarget = "clip"  # aligned features: the key part x_c/t_c, or whole x_a/t_a
+    fusion: FusionOperator = "concat"  # fusion operator of x_c and t_r
+    hidden_dim: int = 256  # backbone output width (x, t, t_r)
+    shared_dim: int = 256  # width of the shared alignment space (x_a, t_a) and of the fusion
+    rho: int = 128  # width of the key part x_c, t_c
+    dropout: float = 0.1  # dropout of the backbones and heads
+    vilt_pretrained: str | None = None  # local from_pretrained ViLT directory (sets its size)
+
+
+@dataclass(frozen=True)
+class OptimizationSettings:
+    """Losses, optimiser and schedule: Adam, lr x0.1 every ``lr_step`` epochs (paper IV-C)."""
+
+    strategy: Strategy = "end2end"  # end2end (L_all), or multistage: alignment, inference, fusion
+    alpha_sim: float = 1.0  # weight of L_sim (distributional alignment)
+    alpha_align: float = 1.0  # weight of L_align (content alignment)
+    beta: float = 0.5  # weight of L_2 = L_recon + alpha_align L_align
+    gamma: float = 0.5  # weight of L_mix (the fused prediction)
+    align_warmup: int = 0  # epochs over which alpha_sim and alpha_align ramp up from 0
+    lr: float = 1e-3  # Adam learning rate
+    weight_decay: float = 1e-3  # Adam weight decay
+    lr_step: int = 4  # epochs between x0.1 learning-rate decays
+    epochs: int = 12  # training epochs (multistage: split into three blocks)
+    batch_size: int = 64  # global batch, over all workers
+    seed: int = 0  # seed of the initial weights, dropout and shuffling
+
+
+@dataclass(frozen=True)
+class ResourceSettings:
+    """Where and how the loop runs."""
+
+    num_workers: int = 1  # Ray Train workers; 0: local mode, the loop runs in this process
+    cpus_per_worker: float = 1.0  # CPUs reserved per worker
+    use_gpu: bool = False  # one GPU per worker (bf16 autocast)
+    max_failures: int = 2  # worker-group restarts after a failure (FailureConfig; -1: no limit)
+    materialize_below_mb: float = 1024  # a store smaller than this is read into memory once
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs; ``asdict`` is Ray's ``train_loop_config`` and each
-    field is one flag of ``jobs/train.py`` (``--alpha-sim`` for ``alpha_sim``)."""
+    leaf field is one flag of ``jobs/train.py`` (``--alpha-sim`` for ``alpha_sim``).
 
-    features: str  # feature store directory
+    Built from flat names: ``TrainConfig.from_flat(features=..., out=..., lr=1e-2)``;
+    ``from_dict`` also reads the flat form of older checkpoint.json / metrics.json files.
+    """
+
+    features: str  # feature store directory (or URI)
     out: str  # RUN_DIR: checkpoints, model/, metrics.json, learning_curves.png
-    semantic: str = "text"  # privileged modality: text or audio (unused by "baseline")
-    backbone: str = "gru"
-    ablation: str = "full"
-    align_fn: str = "coral"
-    align_target: str = "clip"
-    fusion: str = "concat"
-    strategy: str = "end2end"
-    alpha_sim: float = 1.0
-    alpha_align: float = 1.0
-    beta: float = 0.5
-    gamma: float = 0.5
-    align_warmup: int = 0  # epochs over which alpha_sim and alpha_align ramp up from 0
-    lr: float = 1e-3
-    weight_decay: float = 1e-3
-    lr_step: int = 4  # epochs between x0.1 decays
-    epochs: int = 12
-    batch_size: int = 64  # global, over all workers
-    hidden_dim: int = 256
-    shared_dim: int = 256
-    rho: int = 128
-    dropout: float = 0.1
-    vilt_pretrained: str | None = None
-    num_workers: int = 1  # 0: local mode, the loop runs in the calling process
-    cpus_per_worker: float = 1.0
-    use_gpu: bool = False
-    seed: int = 0
-    max_failures: int = 2  # worker-group restarts (FailureConfig)
-    materialize_below_mb: float = 1024  # a smaller store is read into memory once (0: stream)
-    fail_at_epoch: int | None = None  # testing: fail once at this epoch (marker in out)
-    fail_kind: str = "raise"  # testing: "raise" (rank 0 raises) or "kill" (last rank SIGKILLs)
-    address: str | None = None  # Ray cluster to join (jobs/train.py)
+    semantic: SemanticModality = "text"  # privileged modality (unused by the baseline)
+    model: ModelSettings = field(default_factory=ModelSettings, metadata={"group": True})
+    optimization: OptimizationSettings = field(
+        default_factory=OptimizationSettings, metadata={"group": True}
+    )
+    resources: ResourceSettings = field(default_factory=ResourceSettings, metadata={"group": True})
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.semantic not in ("text", "audio"):
-            raise ValueError(f"semantic must be text or audio, got {self.semantic!r}")
+        for group in (self, self.model, self.optimization, self.resources):
+            check_choices(group)
+        optimization, resources = self.optimization, self.resources
         for name in ("epochs", "batch_size", "lr_step"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_workers < 0 or self.batch_size < max(self.num_workers, 1):
+            if getattr(optimization, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(optimization, name)}")
+        if resources.num_workers < 0 or optimization.batch_size < max(resources.num_workers, 1):
             raise ValueError("need num_workers >= 0 and batch_size >= num_workers")
-        if self.align_warmup < 0 or self.max_failures < -1:
+        if optimization.align_warmup < 0 or resources.max_failures < -1:
             raise ValueError("need align_warmup >= 0 and max_failures >= -1")
-        if self.fail_kind not in FAIL_KINDS:
-            raise ValueError(f"fail_kind must be one of {FAIL_KINDS}, got {self.fail_kind!r}")
+
+    @classmethod
+    def from_flat(cls, **fields: Any) -> TrainConfig:
+        """From flat field names (flags, Tune spaces, grids): ``from_flat(features=.., lr=..)``."""
+        return build_config(cls, fields)
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any]) -> TrainConfig:
+        """From ``asdict`` (grouped) or the flat form older files hold; test-only and
+        job-only keys of old files (fail_at_epoch, fail_kind, address) are dropped."""
+        document = {k: v for k, v in document.items() if k not in _RETIRED_FIELDS}
+        return build_config(cls, flatten_document(cls, document))
+
+    def to_flat(self) -> dict[str, Any]:
+        """Every leaf field by its flat name."""
+        return to_flat(self)
+
+    def replace_flat(self, **fields: Any) -> TrainConfig:
+        """A copy with some leaf fields changed, by flat name (``replace_flat(epochs=2)``)."""
+        return build_config(type(self), {**to_flat(self), **fields})
 
     def resolved(self) -> TrainConfig:
         """The config with absolute local paths: Ray Train workers run in their own cwd."""
@@ -162,7 +221,7 @@ class TrainConfig:
     @property
     def semantic_modality(self) -> str | None:
         """The modality read from the store; None for the visual-only baseline."""
-        return None if self.ablation == "baseline" else self.semantic
+        return None if self.model.ablation == "baseline" else self.semantic
 
     def loss_weights(self, epoch: int) -> LossWeights:
         """The weights at ``epoch``: the alignment terms ramp linearly over ``align_warmup``.
@@ -171,38 +230,35 @@ class TrainConfig:
         backbone whose output barely depends on its input at initialisation (the random ViLT)
         is otherwise pulled to the constant that minimises L_sim and never recovers.
         """
-        ramp = min(1.0, epoch / self.align_warmup) if self.align_warmup else 1.0
-        return LossWeights(self.alpha_sim * ramp, self.alpha_align * ramp, self.beta, self.gamma)
+        settings = self.optimization
+        warmup = settings.align_warmup
+        ramp = min(1.0, epoch / warmup) if warmup else 1.0
+        return LossWeights(
+            settings.alpha_sim * ramp, settings.alpha_align * ramp, settings.beta, settings.gamma
+        )
 
 
 def model_config_for(config: TrainConfig, metadata: dict[str, Any]) -> CRIFConfig:
+    """The CRIFConfig of a run: the model group plus what the store says."""
     modality = config.semantic_modality
     return CRIFConfig(
         num_classes=len(metadata["class_names"]),
         visual_dim=int(metadata["modalities"]["visual"]["dim"]),
         semantic_dim=int(metadata["modalities"][modality]["dim"]) if modality else 0,
         task=metadata["task"],
-        backbone=config.backbone,
-        hidden_dim=config.hidden_dim,
-        shared_dim=config.shared_dim,
-        rho=config.rho,
-        fusion=config.fusion,
-        ablation=config.ablation,
-        align_fn=config.align_fn,
-        align_target=config.align_target,
-        dropout=config.dropout,
-        vilt_pretrained=config.vilt_pretrained,
+        **asdict(config.model),
     )
 
 
 def stage_plan(config: TrainConfig, model_config: CRIFConfig) -> list[int | None]:
     """The loss stage of every epoch: None (end to end) or consecutive blocks of 1, 2, 3."""
-    if config.strategy == "end2end":
-        return [None] * config.epochs
+    epochs = config.optimization.epochs
+    if config.optimization.strategy == "end2end":
+        return [None] * epochs
     stages = training_stages(model_config)
-    if config.epochs < len(stages):
-        raise ValueError(f"multistage needs >= {len(stages)} epochs, got {config.epochs}")
-    sizes = [len(block) for block in np.array_split(np.arange(config.epochs), len(stages))]
+    if epochs < len(stages):
+        raise ValueError(f"multistage needs >= {len(stages)} epochs, got {epochs}")
+    sizes = [len(block) for block in np.array_split(np.arange(epochs), len(stages))]
     return [stage for stage, size in zip(stages, sizes, strict=True) for _ in range(size)]
 
 
@@ -333,7 +389,7 @@ class _Run:
 
     @property
     def local_mode(self) -> bool:
-        return self.config.num_workers == 0
+        return self.config.resources.num_workers == 0
 
     def autocast(self):
         if self.device.type != "cuda":
@@ -346,15 +402,16 @@ def _start(config: TrainConfig) -> _Run:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     metadata = read_dataset_json(config.features)
     model_config = model_config_for(config, metadata)
-    torch.manual_seed(config.seed)  # identical initial weights on every worker
+    torch.manual_seed(config.optimization.seed)  # identical initial weights on every worker
     model = build_model(model_config)
-    if config.num_workers == 0:
-        use_cuda = config.use_gpu and torch.cuda.is_available()
+    if config.resources.num_workers == 0:
+        use_cuda = config.resources.use_gpu and torch.cuda.is_available()
         device = torch.device("cuda" if use_cuda else "cpu")
         model = model.to(device)
     else:
         device = ray.train.torch.get_device()
-        unused = config.strategy == "multistage"  # a stage's loss leaves other heads out
+        # A stage's loss leaves the other heads out.
+        unused = config.optimization.strategy == "multistage"
         model = ray.train.torch.prepare_model(
             model, parallel_strategy_kwargs={"find_unused_parameters": unused}
         )
@@ -382,8 +439,9 @@ def _optimizer(run: _Run, stage: int | None, state: dict | None):
     else:
         stages = (1, 2) if stage == 2 else (stage,)
         parameters = [p for s in stages for p in module.stage_parameters(s)]
-    optimizer = torch.optim.Adam(parameters, lr=run.config.lr, weight_decay=run.config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, run.config.lr_step, gamma=LR_DECAY)
+    settings = run.config.optimization
+    optimizer = torch.optim.Adam(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, settings.lr_step, gamma=LR_DECAY)
     if state is not None and "optimizer" in state and state["stage"] == stage:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -392,13 +450,13 @@ def _optimizer(run: _Run, stage: int | None, state: dict | None):
 
 def _train_epoch(run: _Run, optimizer, stage: int | None, epoch: int) -> tuple[dict, int]:
     run.model.train()
-    torch.manual_seed(run.config.seed + 7919 * epoch + run.rank)  # dropout, resumable
-    local_batch = max(run.config.batch_size // max(run.world_size, 1), 1)
+    torch.manual_seed(run.config.optimization.seed + 7919 * epoch + run.rank)  # dropout, resumable
+    local_batch = max(run.config.optimization.batch_size // max(run.world_size, 1), 1)
     batches = ray.train.get_dataset_shard("train").iter_torch_batches(
         batch_size=local_batch,
         collate_fn=run.train_collate,
         local_shuffle_buffer_size=max(8 * local_batch, 256),
-        local_shuffle_seed=run.config.seed * 100003 + epoch * 101 + run.rank,
+        local_shuffle_seed=run.config.optimization.seed * 100003 + epoch * 101 + run.rank,
         pin_memory=run.device.type == "cuda",
     )
     weights = run.config.loss_weights(epoch)
@@ -429,7 +487,7 @@ def evaluate(run: _Run, name: str) -> tuple[dict[str, float], int]:
     module.eval()
     logits, labels = [], []
     batches = ray.train.get_dataset_shard(name).iter_torch_batches(
-        batch_size=run.config.batch_size, collate_fn=run.eval_collate
+        batch_size=run.config.optimization.batch_size, collate_fn=run.eval_collate
     )
     with torch.no_grad():
         for batch in batches:
@@ -444,18 +502,34 @@ def evaluate(run: _Run, name: str) -> tuple[dict[str, float], int]:
     return classification_metrics(logits, labels, run.model_config.task), len(labels)
 
 
+# Failure injection for the fault tests, read from the environment (never a config field):
+# CRIF_TEST_FAIL_AT_EPOCH=N and CRIF_TEST_FAIL_KIND=raise|kill. build_trainer forwards every
+# CRIF_TEST_* variable of the driver to the workers (RunConfig.worker_runtime_env).
+TEST_ENV_PREFIX = "CRIF_TEST_"
+FAIL_AT_EPOCH_ENV = "CRIF_TEST_FAIL_AT_EPOCH"
+FAIL_KIND_ENV = "CRIF_TEST_FAIL_KIND"
+FAIL_KINDS = ("raise", "kill")
+
+
 def _maybe_fail(config: TrainConfig, epoch: int, rank: int, world_size: int) -> None:
-    """Failure injection for tests, once per run directory: at ``fail_at_epoch`` rank 0 raises
-    ("raise") or the last rank's process kills itself with SIGKILL ("kill": a lost worker)."""
-    failing_rank = world_size - 1 if config.fail_kind == "kill" else 0
-    if config.fail_at_epoch != epoch or rank != failing_rank:
+    """Failure injection for tests, once per run directory: at epoch $CRIF_TEST_FAIL_AT_EPOCH
+    rank 0 raises ("raise", the default of $CRIF_TEST_FAIL_KIND) or the last rank's process
+    kills itself with SIGKILL ("kill": a lost worker)."""
+    at_epoch = os.environ.get(FAIL_AT_EPOCH_ENV)
+    kind = os.environ.get(FAIL_KIND_ENV, "raise")
+    if at_epoch is None:
+        return
+    if kind not in FAIL_KINDS:
+        raise ValueError(f"{FAIL_KIND_ENV} must be one of {FAIL_KINDS}, got {kind!r}")
+    failing_rank = world_size - 1 if kind == "kill" else 0
+    if int(at_epoch) != epoch or rank != failing_rank:
         return
     marker = Path(config.out) / ".injected_failure"
     if marker.exists():
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
-    if config.fail_kind == "kill":
+    if kind == "kill":
         # Ray Train's controller collects reports when it polls the workers (every
         # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default); a worker lost before the poll
         # loses what it reported since, and the group resumes from the checkpoint before.
@@ -463,20 +537,31 @@ def _maybe_fail(config: TrainConfig, epoch: int, rank: int, world_size: int) -> 
         interval = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0"))
         time.sleep(2 * interval + 0.5)
         os.kill(os.getpid(), signal.SIGKILL)
-    raise RuntimeError(f"injected failure at epoch {epoch} (fail_at_epoch, first attempt)")
+    raise RuntimeError(f"injected failure at epoch {epoch} ({FAIL_AT_EPOCH_ENV}, first attempt)")
+
+
+def _with_test_environment(run_config: RunConfig) -> RunConfig:
+    """``run_config`` whose workers also see the driver's CRIF_TEST_* variables (if any)."""
+    test_env = {k: v for k, v in os.environ.items() if k.startswith(TEST_ENV_PREFIX)}
+    if not test_env:
+        return run_config
+    runtime_env = dict(run_config.worker_runtime_env or {})
+    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **test_env}
+    return dataclasses.replace(run_config, worker_runtime_env=runtime_env)
 
 
 def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     """The training function of every Ray Train worker (and of local mode).
 
     Returns the final split metrics, row counts, per-epoch history and resume count."""
+    config = TrainConfig.from_dict(loop_config)
     # A Ray Train worker's process has no console for the pipeline logger: give it one.
-    ensure_logging(worker=loop_config.get("num_workers", 1) > 0)
-    run = _start(TrainConfig(**loop_config))
+    ensure_logging(worker=config.resources.num_workers > 0)
+    run = _start(config)
     state = _restore(run)
     plan = stage_plan(run.config, run.model_config)
     optimizer = scheduler = None
-    for epoch in range(state["next_epoch"], run.config.epochs):
+    for epoch in range(state["next_epoch"], run.config.optimization.epochs):
         _maybe_fail(run.config, epoch, run.rank, run.world_size)
         stage = plan[epoch]
         if optimizer is None or (epoch > 0 and plan[epoch - 1] != stage):
@@ -490,7 +575,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
         entry["seconds"] = round(time.time() - started, 3)
         state["history"].append(entry)
         if run.rank == 0:
-            logger.info(_progress_line(entry, run.config.epochs))
+            logger.info(_progress_line(entry, run.config.optimization.epochs))
         train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         _report_epoch(run, state, {**train_state, "stage": stage}, entry)
     splits, rows = {}, {}
@@ -499,7 +584,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
             metrics, count = evaluate(run, key)
             if count:
                 splits[name], rows[name] = metrics, count
-    final = {"epoch": run.config.epochs - 1, "final": True, "splits": splits}
+    final = {"epoch": run.config.optimization.epochs - 1, "final": True, "splits": splits}
     ray.train.report(final)
     # Rank 0's return value reaches the driver as Result.return_value.
     return {**final, "rows": rows, "history": state["history"], "resumes": state["resumes"]}
@@ -524,7 +609,7 @@ def _checkpoint_info(run: _Run, epoch: int, state: dict) -> dict[str, Any]:
         "dataset": run.metadata["name"],
         "semantic": run.config.semantic_modality,
         "modalities": {name: run.metadata["modalities"][name] for name in used},
-        "train_config": asdict(run.config),
+        "train_config": run.config.to_flat(),  # flat names, as older checkpoints
         "history": state["history"],
         "resumes": state["resumes"],
     }
@@ -633,7 +718,7 @@ def default_run_config(config: TrainConfig) -> RunConfig:
     return RunConfig(
         storage_path=str(Path(config.out).resolve()),
         name="train",
-        failure_config=FailureConfig(max_failures=config.max_failures),
+        failure_config=FailureConfig(max_failures=config.resources.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
     )
 
@@ -653,17 +738,20 @@ def build_trainer(
     config = config.resolved()
     if datasets is None:
         store = inspect_store(config.features, config.semantic_modality)
-        datasets = read_datasets(store, config.materialize_below_mb)
-    resources = {"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})}
+        datasets = read_datasets(store, config.resources.materialize_below_mb)
+    resources = {
+        "CPU": config.resources.cpus_per_worker,
+        **({"GPU": 1} if config.resources.use_gpu else {}),
+    }
     return TorchTrainer(
         train_loop,
         train_loop_config=asdict(config),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=config.num_workers,
-            use_gpu=config.use_gpu,
+            num_workers=config.resources.num_workers,
+            use_gpu=config.resources.use_gpu,
             resources_per_worker=resources,
         ),
-        run_config=run_config or default_run_config(config),
+        run_config=_with_test_environment(run_config or default_run_config(config)),
         datasets={**datasets, "train_eval": datasets["train"]},
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
@@ -682,14 +770,15 @@ def run_training(config: TrainConfig, *, datasets: dict[str, Any] | None = None)
     store = inspect_store(config.features, config.semantic_modality)
     if store.holdout:
         logger.info(f"{config.features}: no val split; holding out 1 in 10 train videos as val")
-    if config.strategy == "multistage" and "fusion" not in ablation_branches(config.ablation):
+    ablation = config.model.ablation
+    if config.optimization.strategy == "multistage" and "fusion" not in ablation_branches(ablation):
         logger.info(
-            f"note: multistage without fusion: ablation {config.ablation!r} predicts with the "
+            f"note: multistage without fusion: ablation {ablation!r} predicts with the "
             "visual head, which learns in stage 1 only while stage 2 moves its features; "
             "the paper's stages are made for the fused CRIF (end2end suits the other ablations)"
         )
     if datasets is None:
-        datasets = read_datasets(store, config.materialize_below_mb)
+        datasets = read_datasets(store, config.resources.materialize_below_mb)
     result = build_trainer(config, datasets=datasets).fit()
     # Local mode's result carries the last report's checkpoint: the final report has none.
     checkpoint = result.checkpoint or _latest_local_checkpoint(config)

@@ -23,16 +23,17 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 from ray import tune
 
 from pipeline.artifact import load_model
 from pipeline.common.atomic import atomic_write_json, atomic_write_text
+from pipeline.common.configs import check_choices
 from pipeline.common.tables import markdown_table, mean_and_spread
 from pipeline.crif.metrics import classification_metrics
-from pipeline.synthetic.crosscam import BenchmarkData, generate_benchmark_store
+from pipeline.synthetic.crosscam import BenchmarkData, full_plan, generate_benchmark_store
 from pipeline.train.data import inspect_store
 from pipeline.train.trainer import TrainConfig, run_training
 from pipeline.tune import report
@@ -50,6 +51,7 @@ from pipeline.tune.sweep import (
 __all__ = [
     "GRIDS",
     "GRID_CHOICES",
+    "GridName",
     "Cell",
     "ExperimentConfig",
     "evaluate_run",
@@ -94,19 +96,18 @@ GRIDS: dict[str, tuple[Cell, ...]] = {
         for ablation in ("baseline", "align")
     ),
 }
-GRID_CHOICES = (*GRIDS, "all")
+# A grid of GRIDS, or "all" of them (tests keep the two in step).
+GridName = Literal["ablation", "alignment", "backbones", "all"]
+GRID_CHOICES = get_args(GridName)
 # (before, after) alignment: the two models of the t-SNE figure.
 TSNE_MODELS = {
     "ablation": ("baseline", "align"),
     "alignment": ("none", "clip-coral"),
     "backbones": ("gru-baseline", "gru-align"),
 }
-# Quick: the benchmark's training recipe (pipeline.synthetic.crosscam.BenchmarkPlan) on a smaller
-# store, local mode; a run's time is mostly start-up, so epochs cost little.
-QUICK_TRAIN = dict(
-    epochs=12, batch_size=64, hidden_dim=128, shared_dim=128, rho=64, align_warmup=2,
-    num_workers=0, cpus_per_worker=0.25,
-)  # fmt: skip
+# Quick: the benchmark's training recipe (configs/crosscam-full.yaml) on a smaller store, local
+# mode; a run's time is mostly start-up, so epochs cost little.
+QUICK_TRAIN = {**full_plan().train, "num_workers": 0, "cpus_per_worker": 0.25}
 QUICK_BENCHMARK = BenchmarkData(
     num_classes=10, train_cameras=3, test_cameras=2, videos_per_camera=100, clips=4
 )
@@ -118,24 +119,25 @@ FUSED["V+S+I"] = ("x_c", "t_c", "t_r")
 class ExperimentConfig:
     """One grid; ``jobs/experiments.py`` maps its flags onto these fields."""
 
-    out: str
-    grid: str  # ablation | alignment | backbones | all (one run per distinct cell of the three)
-    features: str | None = None  # None with quick: the synthetic benchmark in OUT/benchmark
-    quick: bool = False
-    seeds: int | None = None  # default 3 (2 with quick)
+    out: str  # output directory (re-run with the same one to resume)
+    # the paper's table: ablation, alignment, backbones, or all (cells shared between them)
+    grid: GridName
+    features: str | None = None  # feature store (omit with --quick: the synthetic benchmark)
+    quick: bool = False  # small fast settings on a synthetic benchmark store in OUT/benchmark
+    seeds: int | None = None  # seeds per cell (default 3, 2 with --quick)
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields of every cell
-    trial_cpus: float = 0.25
-    data_cpus: float = 1.0
-    max_concurrent_trials: int | None = None
-    materialize: bool | None = None  # read the store once for all cells; None: if < 1 GiB
-    tsne_classes: int = 5
-    tsne_per_class: int = 100
-    tsne_pairs: int = 20
-    address: str | None = None
+    trial_cpus: float = 0.25  # CPUs of a trial's own process
+    data_cpus: float = 1.0  # CPUs kept free for Ray Data's read tasks
+    max_concurrent_trials: int | None = None  # (default: derived from the cluster's resources)
+    # read the store into memory once for all cells (default: when it is below 1 GiB)
+    materialize: bool | None = None
+    tsne_classes: int = 5  # classes drawn in the t-SNE figure
+    tsne_per_class: int = 100  # videos per class in the t-SNE figure
+    tsne_pairs: int = 20  # visual-semantic pairs joined by lines in the t-SNE figure
+    address: str | None = None  # Ray cluster the grid ran on (recorded; set by --address)
 
     def __post_init__(self) -> None:
-        if self.grid not in GRID_CHOICES:
-            raise ValueError(f"grid must be one of {GRID_CHOICES}, got {self.grid!r}")
+        check_choices(self)
         if self.features is None and not self.quick:
             raise ValueError("give features (a feature store), or quick for the benchmark")
         unknown = set(self.train) - TRAIN_FIELDS
@@ -152,7 +154,7 @@ class ExperimentConfig:
 
     def base_config(self, features: str, out: str) -> TrainConfig:
         train = {**(QUICK_TRAIN if self.quick else {}), **self.train}
-        return TrainConfig(features=features, out=out, **train)
+        return TrainConfig.from_flat(features=features, out=out, **train)
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -297,8 +299,8 @@ def _cell_trial(
     """One cell x seed: a whole training run, then its evaluation, reported to Tune."""
     cell, seed = params["cell"], int(params["seed"])
     run_dir = Path(root) / "runs" / cell / f"seed-{seed}"
-    config = TrainConfig(**{**base, **cells[cell], "seed": seed, "out": str(run_dir)})
-    if config.num_workers == 0:
+    config = TrainConfig.from_flat(**{**base, **cells[cell], "seed": seed, "out": str(run_dir)})
+    if config.resources.num_workers == 0:
         train_in_task(config, datasets)  # local mode cannot run in a Tune trial's own process
     else:
         run_training(config, datasets=datasets)
@@ -323,7 +325,8 @@ def _notes(config: ExperimentConfig, base: TrainConfig, records: list[dict], fai
     lines = [
         f"Test split: {rows.get('test', '?')} videos, scored on the video alone (CRIF: the "
         f"model's own prediction). Mean ± sample std over {config.seed_count} seed(s), "
-        f"{base.epochs} epochs, backbone {base.backbone} unless named; store {base.features}."
+        f"{base.optimization.epochs} epochs, backbone {base.model.backbone} unless named; "
+        f"store {base.features}."
     ]
     if config.grid != "ablation":
         split = next((r["splits"]["Semantic"] for r in records if "Semantic" in r["splits"]), "")
@@ -362,7 +365,7 @@ def _fit_runs(config: ExperimentConfig, base: TrainConfig, runs: dict, out: Path
     """Every run x seed as a Tune trial (grid search); (results, restored, concurrency)."""
     import ray
 
-    fixed = {k: v for k, v in asdict(base).items() if k not in ("out", "address")}
+    fixed = {k: v for k, v in base.to_flat().items() if k != "out"}
     datasets = prepare_datasets(base.features, base.semantic, config.materialize)
     trainable = tune.with_resources(
         tune.with_parameters(_cell_trial, base=fixed, root=str(out), cells=runs, datasets=datasets),
@@ -420,7 +423,7 @@ def run_experiments(config: ExperimentConfig) -> dict[str, Any]:
     out = Path(config.out).resolve() / config.grid
     features = local_path(config.features or _benchmark_store(out.parent / "benchmark"))
     base = config.base_config(features, str(out))
-    fixed = {k: v for k, v in asdict(base).items() if k not in ("out", "address")}
+    fixed = {k: v for k, v in base.to_flat().items() if k != "out"}
     runs, run_of = grid_runs(config.grids, fixed)
     results, restored, concurrency = _fit_runs(config, base, runs, out)
     records = [r.metrics for r in results if r.error is None and "columns" in (r.metrics or {})]

@@ -27,9 +27,9 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from ray import tune
@@ -39,6 +39,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from pipeline.artifact import export_model
 from pipeline.common import ray_compat
 from pipeline.common.atomic import atomic_write_json
+from pipeline.common.configs import check_choices, flat_names
 from pipeline.store import read_dataset_json
 from pipeline.train.data import inspect_store, read_datasets
 from pipeline.train.trainer import TrainConfig, build_trainer, metrics_document
@@ -71,6 +72,8 @@ DEFAULT_SPACE: dict[str, Any] = {
     "gamma": {"choice": [0.1, 0.2, 0.5, 1.0]},
     "lr": {"loguniform": [5e-5, 5e-3]},
 }
+Scheduler = Literal["asha", "fifo"]
+Searcher = Literal["random", "optuna"]
 SAMPLERS = {
     "uniform": tune.uniform,
     "loguniform": tune.loguniform,
@@ -79,7 +82,8 @@ SAMPLERS = {
 }
 PLACEMENT_GROUPS = "placement_groups.txt"  # a trial's Train worker groups, one id a line
 MATERIALIZE_BYTES = 1 << 30  # stores smaller than this are read once for all trials
-TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig)) - {"features", "out", "address"}
+# The TrainConfig fields (flat names) a space or a fixed setting may name.
+TRAIN_FIELDS = frozenset(flat_names(TrainConfig)) - {"features", "out"}
 KEEP_CHECKPOINTS = 2
 
 
@@ -138,37 +142,38 @@ def search_space(spec: dict[str, Any]) -> dict[str, Any]:
 class SweepConfig:
     """A sweep; ``jobs/tune.py`` maps its flags onto these fields."""
 
-    features: str
-    out: str
-    num_samples: int = 16
+    features: str  # feature store directory
+    out: str  # sweep directory (re-run with the same one to resume)
+    num_samples: int = 16  # trials sampled from the space (per grid point)
+    # the search space: TrainConfig field -> sampler spec or fixed value (the paper's ranges)
     space: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SPACE))
     train: dict[str, Any] = field(default_factory=dict)  # fixed TrainConfig fields of all trials
-    scheduler: str = "asha"  # or "fifo"
+    scheduler: Scheduler = "asha"  # ASHA early stopping on epochs, or FIFO (every trial runs)
     grace_period: int = 1  # epochs before ASHA may stop a trial
-    reduction_factor: int = 2
-    searcher: str = "random"  # or "optuna" (needs the optuna package)
-    metric: str | None = None  # default: val/acc1 (single-label), val/precision@1 (multi-label)
-    trial_cpus: float = 0.25  # the trial's own process (the Train driver)
-    data_cpus: float = 1.0  # kept free for Ray Data's read tasks
-    max_concurrent_trials: int | None = None  # None: derived from the cluster's resources
-    materialize: bool | None = None  # read the store once for all trials; None: if < 1 GiB
-    top_trials: int = 5  # learning curves drawn
-    seed: int = 0  # of the random search
-    address: str | None = None
+    reduction_factor: int = 2  # ASHA keeps 1 in this many trials at each rung
+    searcher: Searcher = "random"  # seeded random search, or Optuna (needs the optuna package)
+    metric: str | None = None  # objective (default: val/acc1, val/precision@1 multi-label)
+    trial_cpus: float = 0.25  # CPUs of a trial's own process (the Train driver)
+    data_cpus: float = 1.0  # CPUs kept free for Ray Data's read tasks
+    max_concurrent_trials: int | None = None  # (default: derived from the cluster's resources)
+    # read the store into memory once for all trials (default: when it is below 1 GiB)
+    materialize: bool | None = None
+    top_trials: int = 5  # trials whose learning curves are drawn
+    seed: int = 0  # seed of the random search
+    address: str | None = None  # Ray cluster the sweep ran on (recorded; set by --address)
 
     def __post_init__(self) -> None:
-        if self.scheduler not in ("asha", "fifo") or self.searcher not in ("random", "optuna"):
-            raise ValueError("scheduler must be asha|fifo and searcher random|optuna")
+        check_choices(self)
         unknown = set(self.train) - TRAIN_FIELDS
         if unknown:
             raise ValueError(f"unknown TrainConfig fields in train: {sorted(unknown)}")
         search_space(self.space)  # validates the spec
-        if self.base_config().num_workers < 1:
+        if self.base_config().resources.num_workers < 1:
             raise ValueError("sweeps need num_workers >= 1: local mode reports no epochs to Tune")
 
     def base_config(self, **overrides: Any) -> TrainConfig:
         paths = {"features": local_path(self.features), "out": local_path(self.out)}
-        return TrainConfig(**{**paths, **self.train, **overrides})
+        return TrainConfig.from_flat(**{**paths, **self.train, **overrides})
 
     def objective(self) -> str:
         task = read_dataset_json(self.features)["task"]
@@ -180,9 +185,12 @@ class SweepConfig:
 
 def trial_resources(config: TrainConfig, trial_cpus: float) -> tune.PlacementGroupFactory:
     """The trial's placement group: the driver's bundle, plus the run's own in local mode."""
+    resources = config.resources
     bundles = [{"CPU": trial_cpus}]
-    if config.num_workers == 0:  # train_in_task runs the loop in a child task of this group
-        bundles.append({"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})})
+    if resources.num_workers == 0:  # train_in_task runs the loop in a child task of this group
+        bundles.append(
+            {"CPU": resources.cpus_per_worker, **({"GPU": 1} if resources.use_gpu else {})}
+        )
     return tune.PlacementGroupFactory(bundles)
 
 
@@ -190,17 +198,18 @@ def concurrent_trials(
     config: TrainConfig, trial_cpus: float, data_cpus: float, cluster: dict[str, float]
 ) -> int:
     """How many trials fit at once next to ``data_cpus`` (refused when not even one does)."""
-    workers = max(config.num_workers, 1)
-    per_trial = trial_cpus + workers * config.cpus_per_worker
+    resources = config.resources
+    workers = max(resources.num_workers, 1)
+    per_trial = trial_cpus + workers * resources.cpus_per_worker
     usable = cluster.get("CPU", 0.0) - data_cpus
     if usable + 1e-9 < per_trial:
         raise ValueError(
             f"a trial needs {per_trial:g} CPU (trial {trial_cpus:g} + {workers} x "
-            f"{config.cpus_per_worker:g}) and Ray Data {data_cpus:g}, but the cluster has "
+            f"{resources.cpus_per_worker:g}) and Ray Data {data_cpus:g}, but the cluster has "
             f"{cluster.get('CPU', 0.0):g}; lower cpus_per_worker or trial_cpus"
         )
     count = math.floor(usable / per_trial + 1e-9)
-    if config.use_gpu:
+    if resources.use_gpu:
         count = min(count, int(cluster.get("GPU", 0.0) // workers))
         if count < 1:
             raise ValueError(f"a trial needs {workers} GPUs; the cluster has too few")
@@ -290,7 +299,7 @@ def _sweep_trial(
     """One trial: build and fit the trainer, write the run's metrics.json (not its model)."""
     run_dir = Path(root) / "trials" / tune.get_context().get_trial_id()
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = TrainConfig(**{**base, **params, "out": str(run_dir)})
+    config = TrainConfig.from_flat(**{**base, **params, "out": str(run_dir)})
     run_config = RunConfig(
         storage_path=str(run_dir.resolve()),
         name="train",  # stable: a restarted trial resumes its Train run
@@ -298,7 +307,7 @@ def _sweep_trial(
             TuneEpochReport(),
             ray_compat.placement_group_recorder(run_dir / PLACEMENT_GROUPS),
         ],
-        failure_config=FailureConfig(max_failures=config.max_failures),
+        failure_config=FailureConfig(max_failures=config.resources.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
     )
     result = build_trainer(config, datasets=datasets, run_config=run_config).fit()
@@ -311,7 +320,7 @@ def _sweep_trial(
 def _run_training_task(loop_config: dict[str, Any], datasets: dict | None) -> dict[str, Any]:
     from pipeline.train.trainer import TrainConfig, run_training
 
-    return run_training(TrainConfig(**loop_config), datasets=datasets)
+    return run_training(TrainConfig.from_dict(loop_config), datasets=datasets)
 
 
 def train_in_task(config: TrainConfig, datasets: dict | None = None) -> dict[str, Any]:
@@ -319,7 +328,9 @@ def train_in_task(config: TrainConfig, datasets: dict | None = None) -> dict[str
     import ray
 
     task = ray.remote(_run_training_task).options(
-        num_cpus=config.cpus_per_worker, num_gpus=1 if config.use_gpu else 0, max_retries=0
+        num_cpus=config.resources.cpus_per_worker,
+        num_gpus=1 if config.resources.use_gpu else 0,
+        max_retries=0,
     )
     return ray.get(task.remote(asdict(config), datasets))
 
@@ -403,11 +414,11 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
 
     out = Path(config.out).resolve()
     base = config.base_config(out=str(out))
-    metric, epochs = config.objective(), base.epochs
+    metric, epochs = config.objective(), base.optimization.epochs
     concurrency = config.max_concurrent_trials or concurrent_trials(
         base, config.trial_cpus, config.data_cpus, ray.cluster_resources()
     )
-    fixed = {k: v for k, v in asdict(base).items() if k not in ("out", "address")}
+    fixed = {k: v for k, v in base.to_flat().items() if k != "out"}
     # Worker groups recorded by an earlier driver of this sweep (killed, or its trials still
     # running when it died) belong to no live trial: Ray 2.60 can leave them holding CPUs.
     stale = sum(release_placement_groups(path) for path in out.glob(f"trials/*/{PLACEMENT_GROUPS}"))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import types
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +30,7 @@ from pipeline.common.configs import (
     flat_fields,
     flatten_document,
     read_config_file,
+    type_members,
 )
 
 __all__ = ["SHARED_FLAGS", "config_parser", "parse_config", "run_job"]
@@ -52,11 +52,10 @@ _CONFIG_DESTS = "_config_dests"  # parser attribute: the dests that are config f
 
 def _base_type(annotation: Any) -> Any:
     """``X`` of ``X | None``; the item type of ``tuple[X, ...]``."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType, tuple):
-        members = [a for a in typing.get_args(annotation) if a not in (type(None), Ellipsis)]
+    members = type_members(annotation)
+    if members:
         return _base_type(members[0])
-    if origin is typing.Literal:
+    if typing.get_origin(annotation) is typing.Literal:
         return type(typing.get_args(annotation)[0])
     return annotation
 

@@ -45,6 +45,7 @@ __all__ = [
     "load_config",
     "read_config_file",
     "to_flat",
+    "type_members",
 ]
 
 # Named recipes (demo, benchmarks, paper settings): the checkout's folder (editable installs,
@@ -60,7 +61,7 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _members(annotation: Any) -> tuple[Any, ...]:
+def type_members(annotation: Any) -> tuple[Any, ...]:
     """The parts of ``X | None`` or ``tuple[X, ...]`` (without None and the Ellipsis)."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType, tuple):
@@ -72,7 +73,7 @@ def choices_of(annotation: Any) -> tuple[Any, ...] | None:
     """The values of a ``Literal`` annotation, also inside ``X | None`` and ``tuple[X, ...]``."""
     if typing.get_origin(annotation) is Literal:
         return typing.get_args(annotation)
-    for member in _members(annotation):
+    for member in type_members(annotation):
         found = choices_of(member)
         if found is not None:
             return found
@@ -126,7 +127,7 @@ def _coerce(annotation: Any, value: Any) -> Any:
         return None
     if dataclasses.is_dataclass(annotation) and isinstance(value, dict):
         return build_config(annotation, value)
-    members = _members(annotation)
+    members = type_members(annotation)
     if typing.get_origin(annotation) is tuple and isinstance(value, (list, tuple)):
         item = members[0] if members else Any
         return tuple(_coerce(item, v) for v in value)

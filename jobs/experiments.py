@@ -1,4 +1,4 @@
-"""Reproduce the paper's tables on your features: ablation, alignment or backbone grids.
+r"""Reproduce the paper's tables on your features: ablation, alignment or backbone grids.
 
     python jobs/experiments.py --features outputs/features --out outputs/exp --grid ablation
     python jobs/experiments.py --quick --out outputs/exp --grid all   # synthetic benchmark

@@ -1,4 +1,4 @@
-"""Extract S3D visual, text and VGGish audio features of a dataset into a feature store.
+r"""Extract S3D visual, text and VGGish audio features of a dataset into a feature store.
 
 Locally (a new embedded Ray instance):
 

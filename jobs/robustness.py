@@ -1,4 +1,4 @@
-"""Score trained models on the test videos under simulated camera shifts; report the drops.
+r"""Score trained models on the test videos under simulated camera shifts; report the drops.
 
     python jobs/robustness.py --model runs/baseline --model runs/full \
         --videos data/videos --annotations data/annotations/*_videodatainfo.json --out rb

@@ -1,4 +1,4 @@
-"""Score a folder or archive of videos with a trained CRIF model (no captions or audio needed).
+r"""Score a folder or archive of videos with a trained CRIF model (no captions or audio needed).
 
     python jobs/score.py --model outputs/run --videos path/to/videos --out outputs/predictions
     python jobs/score.py --model outputs/run --videos archive.tar --out preds --format jsonl

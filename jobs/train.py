@@ -1,4 +1,4 @@
-"""Train CRIF on a feature store with Ray Train; writes RUN_DIR/{model/, metrics.json, ...}.
+r"""Train CRIF on a feature store with Ray Train; writes RUN_DIR/{model/, metrics.json, ...}.
 
 Run locally (starts a new local Ray unless RAY_ADDRESS or --address is given):
 

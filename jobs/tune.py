@@ -1,4 +1,4 @@
-"""Search the CRIF loss weights and learning rate with Ray Tune (ASHA early stopping).
+r"""Search the CRIF loss weights and learning rate with Ray Tune (ASHA early stopping).
 
     python jobs/tune.py --features outputs/features --out outputs/tune --num-samples 16
     python jobs/tune.py --features F --out O --num-samples 8 --param lr=loguniform:1e-4:1e-2 \

@@ -122,7 +122,7 @@ def test_flags_on_the_command_line_override_the_config_file():
     recipe = str(CONFIGS_DIR / "train-activitynet-paper.yaml")
     config = train.parse_config(["--config", recipe, "--features", "f", "--out", "o"])
     assert config.semantic == "audio" and config.optimization.strategy == "multistage"
-    assert config.optimization.epochs == 39
+    assert config.optimization.epochs_per_stage == 13
     again = train.parse_config(
         ["--features", "f", "--config", recipe, "--out", "o", "--epochs", "6", "--lr", "0.5"]
     )

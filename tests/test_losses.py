@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -193,14 +194,14 @@ WEIGHTS = LossWeights(alpha_sim=0.3, alpha_align=0.7, beta=0.2, gamma=0.9)
 LABELS = torch.tensor([0, 1, 1])
 # Hand-made output for B = 3, C = 2: every logit is 0, so every classification term is ln 2.
 #   L_sim = mean(||(3, 4)||, 0, 0) = 5/3;  L_align = CORAL(x_c, t_c) = 33/16
-#   L_recon_distance = mse(t_r, 0) = (1 + 1) / 6 = 1/3
+#   L_recon_distance = mse(t_r, 0) = (1 + 1) / 6 = 1/3 (only with a recon_distance weight)
 L_SIM, L_ALIGN, L_DISTANCE = 5.0 / 3.0, 33.0 / 16.0, 1.0 / 3.0
 L_1 = LN2 + LN2 + 0.3 * L_SIM  # L_class + L_semantic + alpha_sim L_sim
-L_RECON = LN2 + L_DISTANCE
+L_RECON = LN2  # eq. 15: the classification loss on t_r alone
 SEMANTIC_FIELDS = ("t_a", "t_c", "t", "logits_semantic")
 KEYS_1 = {"L_class", "L_semantic", "L_sim", "L_1"}
 KEYS_ALIGN = {"L_align", "L_2"}
-KEYS_RECON = {"L_recon", "L_recon_class", "L_recon_distance"}
+KEYS_RECON = {"L_recon"}
 
 
 def hand_output(ablation: str, *, semantic: bool = True) -> CRIFOutput:
@@ -234,9 +235,11 @@ def config_for(ablation: str, **overrides) -> CRIFConfig:
     return CRIFConfig(num_classes=2, ablation=ablation, **overrides)
 
 
-def run_losses(ablation: str, stage=None, semantic=True, **overrides) -> dict[str, torch.Tensor]:
+def run_losses(
+    ablation: str, stage=None, semantic=True, weights=WEIGHTS, **overrides
+) -> dict[str, torch.Tensor]:
     output = hand_output(ablation, semantic=semantic)
-    return crif_losses(output, LABELS, config_for(ablation, **overrides), WEIGHTS, stage=stage)
+    return crif_losses(output, LABELS, config_for(ablation, **overrides), weights, stage=stage)
 
 
 def test_crif_losses_full_end_to_end_hand_computed():
@@ -246,8 +249,6 @@ def test_crif_losses_full_end_to_end_hand_computed():
         "L_semantic": LN2,
         "L_sim": L_SIM,
         "L_1": L_1,
-        "L_recon_class": LN2,
-        "L_recon_distance": L_DISTANCE,
         "L_recon": L_RECON,
         "L_align": L_ALIGN,
         "L_2": L_RECON + 0.7 * L_ALIGN,
@@ -257,6 +258,22 @@ def test_crif_losses_full_end_to_end_hand_computed():
     assert set(terms) == set(expected)
     for name, value in expected.items():
         assert terms[name].item() == pytest.approx(value, rel=1e-5), name
+
+
+def test_recon_distance_is_a_weighted_term_of_its_own():
+    weights = dataclasses.replace(WEIGHTS, recon_distance=0.4)
+    terms = run_losses("full", weights=weights)
+    assert terms["L_recon"].item() == pytest.approx(LN2, rel=1e-5)  # eq. 15 unchanged
+    assert terms["L_recon_distance"].item() == pytest.approx(L_DISTANCE, rel=1e-5)
+    l_2 = L_RECON + 0.7 * L_ALIGN + 0.4 * L_DISTANCE
+    assert terms["L_2"].item() == pytest.approx(l_2, rel=1e-5)
+    assert terms["total"].item() == pytest.approx(L_1 + 0.2 * l_2 + 0.9 * LN2, rel=1e-5)
+
+
+def test_semantic_loss_off_gives_eq_20():
+    terms = run_losses("full", semantic_loss=False)
+    assert "L_semantic" not in terms
+    assert terms["L_1"].item() == pytest.approx(LN2 + 0.3 * L_SIM, rel=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -283,6 +300,7 @@ def test_crif_losses_ablation_terms_and_total(ablation, keys, total):
         ("inference", 2, KEYS_ALIGN | KEYS_RECON, L_RECON + 0.7 * L_ALIGN),
         ("fusion", 2, KEYS_ALIGN, 0.7 * L_ALIGN),
         ("fusion", 3, {"L_mix"}, LN2),
+        ("align", 3, {"L_refit"}, LN2),  # the visual head refit on the stage-2 features
         ("full", 1, KEYS_1, L_1),
         ("full", 2, KEYS_ALIGN | KEYS_RECON, L_RECON + 0.7 * L_ALIGN),
         ("full", 3, {"L_mix"}, LN2),
@@ -296,7 +314,7 @@ def test_crif_losses_stages(ablation, stage, keys, total):
 
 @pytest.mark.parametrize(
     ("ablation", "stage"),
-    [("baseline", 2), ("baseline", 3), ("align", 3), ("inference", 3), ("full", 4)],
+    [("baseline", 2), ("baseline", 3), ("inference", 3), ("full", 4)],
 )
 def test_crif_losses_stage_without_terms_raises(ablation, stage):
     with pytest.raises(ValueError):
@@ -319,7 +337,7 @@ def test_crif_losses_uses_configured_alignment_function():
 
 def test_crif_losses_without_semantic_input_keeps_visual_terms():
     terms = run_losses("full", semantic=False)
-    assert set(terms) == {"L_class", "L_1", "L_recon_class", "L_recon", "L_2", "L_mix", "total"}
+    assert set(terms) == {"L_class", "L_1", "L_recon", "L_2", "L_mix", "total"}
     assert terms["total"].item() == pytest.approx(LN2 + 0.2 * LN2 + 0.9 * LN2, rel=1e-5)
 
 
@@ -355,10 +373,10 @@ def test_crif_losses_multi_label_pos_weight():
 # ----------------------------------------------------------------------------- gradients
 
 
-def tiny_model(detach: bool):
+def tiny_model(detach: bool, **overrides):
     config = CRIFConfig(
         num_classes=3, visual_dim=6, semantic_dim=5, hidden_dim=8, shared_dim=8, rho=4,
-        dropout=0.0, detach_semantic=detach,
+        dropout=0.0, semantic_gradients="stop" if detach else "flow", **overrides,
     )  # fmt: skip
     torch.manual_seed(0)
     model = build_model(config)
@@ -366,12 +384,13 @@ def tiny_model(detach: bool):
         torch.randn(4, 3, 6), torch.ones(4, 3, dtype=torch.bool),
         torch.randn(4, 2, 5), torch.ones(4, 2, dtype=torch.bool),
     )  # fmt: skip
-    terms = crif_losses(output, torch.tensor([0, 1, 2, 0]), config, LossWeights())
+    weights = LossWeights(recon_distance=1.0)
+    terms = crif_losses(output, torch.tensor([0, 1, 2, 0]), config, weights)
     return model, terms
 
 
 @pytest.mark.parametrize("detach", [True, False])
-def test_detach_semantic_stops_alignment_gradients_into_semantic_branch(detach):
+def test_semantic_gradients_stop_or_flow_in_alignment_terms(detach):
     model, terms = tiny_model(detach)
     (terms["L_sim"] + terms["L_align"] + terms["L_recon_distance"]).backward()
     visual = [p.grad for p in model.visual_backbone.parameters()]
@@ -381,6 +400,13 @@ def test_detach_semantic_stops_alignment_gradients_into_semantic_branch(detach):
         assert all(g is None for g in semantic)
     else:
         assert all(g is not None and g.abs().sum() > 0 for g in semantic)
+
+
+def test_without_semantic_loss_or_flow_the_semantic_branch_gets_no_gradient_but_stays_in_graph():
+    model, terms = tiny_model(detach=True, semantic_loss=False)
+    terms["total"].backward()
+    grads = [p.grad for p in model.semantic_backbone.parameters()]
+    assert all(g is not None and g.abs().sum() == 0 for g in grads)  # DDP sees them
 
 
 def test_semantic_branch_learns_from_its_classifier_when_detached():

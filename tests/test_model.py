@@ -68,6 +68,7 @@ def assert_shapes(output: CRIFOutput, config: CRIFConfig, with_semantic: bool) -
         "logits_visual": logits,
         "x_a": (BATCH, config.shared_dim),
         "x_c": (BATCH, config.rho),
+        "x": (BATCH, config.hidden_dim),
         "t_r": (BATCH, config.hidden_dim) if "inference" in branches else None,
         "logits_recon": logits if "recon" in branches else None,
         "logits_fused": logits if "fusion" in branches else None,
@@ -80,7 +81,24 @@ def assert_shapes(output: CRIFOutput, config: CRIFConfig, with_semantic: bool) -
     actual = {k: None if v is None else tuple(v.shape) for k, v in vars(output).items()}
     assert actual == expected
     head = output.logits_fused if "fusion" in branches else output.logits_visual
+    if config.ablation == "inference":  # +Inference predicts from t_r (paper Table III = V)
+        head = output.logits_recon
     assert output.logits is head
+
+
+def test_prediction_head_option_and_old_checkpoint_configs():
+    config = tiny_config(ablation="full", prediction="inferred")
+    visual, visual_mask, _, _ = inputs(config)
+    output = model_for(config)(visual, visual_mask)
+    assert output.logits is output.logits_recon
+    with pytest.raises(ValueError, match="no fused head"):
+        tiny_config(ablation="align", prediction="fused")
+    # An older checkpoint's model_config: detach_semantic, and +Inference predicted from x_c.
+    old = {**tiny_config(ablation="inference").to_dict(), "detach_semantic": False}
+    del old["semantic_gradients"], old["semantic_loss"], old["prediction"]
+    restored = CRIFConfig.from_dict(old)
+    assert (restored.semantic_gradients, restored.head) == ("flow", "visual")
+    assert restored.semantic_loss
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -273,7 +291,9 @@ def test_build_backbone_rejects_unknown_kind():
 def test_stage_parameters_partition_the_trainable_parameters(backbone, ablation):
     model = model_for(tiny_config(backbone=backbone, ablation=ablation))
     stages = [{id(p) for p in model.stage_parameters(stage)} for stage in (1, 2, 3)]
-    assert sum(len(s) for s in stages) == len(set.union(*stages))  # disjoint
+    refit = {id(p) for p in model.visual_head.parameters()} if ablation == "align" else set()
+    assert stages[0] & stages[2] == refit  # the visual head, refit in stage 3, is in both
+    assert sum(len(s) for s in stages) - len(refit) == len(set.union(*stages))  # else disjoint
     assert set.union(*stages) == {id(p) for p in trainable(model).values()}
     in_stage = {
         n: i + 1 for n, p in model.named_parameters() for i, s in enumerate(stages) if id(p) in s
@@ -294,8 +314,8 @@ def test_stage_parameters_partition_the_trainable_parameters(backbone, ablation)
     ("ablation", "stages"),
     [
         ("baseline", (1,)),
-        ("align", (1, 2)),
-        ("inference", (1, 2)),
+        ("align", (1, 2, 3)),  # stage 3 refits the visual head it predicts with
+        ("inference", (1, 2)),  # predicts from t_r, whose head stage 2 trains
         ("fusion", (1, 2, 3)),
         ("full", (1, 2, 3)),
     ],

@@ -161,7 +161,7 @@ def test_multi_label_multistage_reports_precision_and_recall(tmp_path, ray_sessi
     config = TrainConfig.from_flat(
         features=str(features),
         out=str(tmp_path / "run"),
-        epochs=3,
+        epochs_per_stage=1,
         strategy="multistage",
         num_workers=0,
         **SMALL,
@@ -210,12 +210,19 @@ def test_semantic_terms_use_only_rows_with_a_semantic_input():
 def test_stage_plan_blocks_and_validation(tmp_path):
     config = TrainConfig.from_flat(features="f", out="o", epochs=7, strategy="multistage")
     model_config = CRIFConfig(num_classes=3, ablation="full")
-    assert stage_plan(config, model_config) == [1, 1, 1, 2, 2, 3, 3]
-    align = CRIFConfig(num_classes=3, ablation="align")
-    assert stage_plan(config.replace_flat(epochs=2), align) == [1, 2]
+    assert stage_plan(config, model_config) == [1] * 13 + [2] * 13 + [3] * 13  # paper: 13 each
+    assert config.total_epochs == 39
+    short = config.replace_flat(epochs_per_stage=2)
+    assert stage_plan(short, model_config) == [1, 1, 2, 2, 3, 3]
+    inference = CRIFConfig(num_classes=3, ablation="inference")  # t_r's head trains in stage 2
+    assert stage_plan(short, inference) == [1, 1, 2, 2]
+    align = CRIFConfig(num_classes=3, ablation="align")  # stage 3 refits the visual head
+    assert stage_plan(short, align) == [1, 1, 2, 2, 3, 3]
+    baseline = CRIFConfig(num_classes=3, ablation="baseline", semantic_dim=0)
+    assert stage_plan(short, baseline) == [1, 1]
     assert stage_plan(config.replace_flat(strategy="end2end"), align) == [None] * 7
     with pytest.raises(ValueError):
-        stage_plan(config.replace_flat(epochs=2), model_config)
+        config.replace_flat(epochs_per_stage=0)
     assert config.loss_weights(0).alpha_sim == 1.0
     warm = config.replace_flat(align_warmup=2)
     assert [warm.loss_weights(e).alpha_align for e in range(3)] == [0.0, 0.5, 1.0]

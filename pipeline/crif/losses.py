@@ -5,10 +5,17 @@
     terms["total"].backward()
 
 Alignment functions take ``source`` (the visual side, the student) and ``target`` (the
-semantic side, the teacher), both (n, d). ``crif_losses`` detaches the target when
-``config.detach_semantic`` is set, so alignment and reconstruction pull the video towards the
-semantic features and never the reverse; the semantic branch then learns from its own
-classifier, whose loss ``L_semantic`` is part of ``L_1``.
+semantic side, the teacher), both (n, d). Where the code's defaults and the paper differ, each
+is an option (README, "CRIF: the paper and the code"):
+
+- ``config.semantic_gradients``: "stop" detaches the target in L_sim and L_align, so the
+  alignment pulls the video towards the semantic features and never the reverse; "flow" is
+  the paper's symmetric form (eqs. 10, 13), both sides move.
+- ``config.semantic_loss``: L_semantic (the classifier on t_c, the content alignment
+  module's "pair" classification constraint of section III-C) is part of L_1; off gives
+  eq. 20 exactly (the semantic branch then learns from the alignment terms alone, if they flow).
+- ``weights.recon_distance``: L_recon is eq. 15, the classification loss on t_r; a positive
+  weight adds mse(t_r, t) (t detached under "stop") as a term of its own, L_recon_distance.
 """
 
 from __future__ import annotations
@@ -156,6 +163,7 @@ class LossWeights:
     alpha_align: float = 1.0
     beta: float = 0.5
     gamma: float = 0.5
+    recon_distance: float = 0.0  # weight of mse(t_r, t) in L_2 (not in the paper: 0)
 
 
 def _require(tensor: Tensor | None, name: str, ablation: str) -> Tensor:
@@ -175,11 +183,13 @@ def crif_losses(
 ) -> dict[str, Tensor]:
     """Named loss terms and ``total`` (eqs. 19-22).
 
-    L_1 = L_class + L_semantic + alpha_sim L_sim;  L_2 = L_recon + alpha_align L_align;
-    L_recon = L_recon_class + L_recon_distance (mse(t_r, t));  L_mix on the fused logits.
-    stage None (end to end): total = L_1 + beta L_2 + gamma L_mix; stage 1, 2, 3: total = L_1,
-    L_2, L_mix. Terms the ablation lacks are omitted; so are those that need the semantic
-    side when the output has none (semantic input not given, e.g. on validation batches).
+    L_1 = L_class [+ L_semantic] + alpha_sim L_sim (eq. 20);  L_2 = L_recon + alpha_align
+    L_align [+ recon_distance L_recon_distance] (eq. 21), L_recon the CE of t_r's head
+    (eq. 15);  L_mix on the fused logits (eq. 18). stage None (end to end): total = L_1 +
+    beta L_2 + gamma L_mix (eq. 22); stage 1, 2: L_1, L_2; stage 3: L_mix, plus L_refit (the
+    visual head's L_class on the features as they are) when the model predicts with that head.
+    Terms the ablation lacks are omitted; so are those that need the semantic side when the
+    output has none (semantic input not given, e.g. on validation batches).
     """
     if stage not in (None, 1, 2, 3):
         raise ValueError(f"stage must be None, 1, 2 or 3, got {stage!r}")
@@ -189,25 +199,27 @@ def crif_losses(
         return classification_loss(logits, labels, config.task, pos_weight)
 
     def teacher(tensor: Tensor) -> Tensor:
-        return tensor.detach() if config.detach_semantic else tensor
+        return tensor.detach() if config.semantic_gradients == "stop" else tensor
 
     terms: dict[str, Tensor] = {}
     has_semantic = "semantic" in branches and output.t is not None
     if stage in (None, 1):
         terms["L_class"] = terms["L_1"] = classify(output.logits_visual)
         if has_semantic:
-            terms["L_semantic"] = classify(output.logits_semantic)
+            if config.semantic_loss:
+                terms["L_semantic"] = classify(output.logits_semantic)
+                terms["L_1"] = terms["L_1"] + terms["L_semantic"]
             terms["L_sim"] = l2_alignment(output.x_a, teacher(output.t_a))
-            terms["L_1"] = terms["L_1"] + terms["L_semantic"] + weights.alpha_sim * terms["L_sim"]
+            terms["L_1"] = terms["L_1"] + weights.alpha_sim * terms["L_sim"]
     if stage in (None, 2):
         stage_two = []
         if "recon" in branches:
             logits_recon = _require(output.logits_recon, "logits_recon", config.ablation)
-            terms["L_recon_class"] = terms["L_recon"] = classify(logits_recon)
-            if has_semantic:
-                terms["L_recon_distance"] = F.mse_loss(output.t_r, teacher(output.t))
-                terms["L_recon"] = terms["L_recon"] + terms["L_recon_distance"]
+            terms["L_recon"] = classify(logits_recon)
             stage_two.append(terms["L_recon"])
+            if has_semantic and weights.recon_distance > 0:
+                terms["L_recon_distance"] = F.mse_loss(output.t_r, teacher(output.t))
+                stage_two.append(weights.recon_distance * terms["L_recon_distance"])
         if has_semantic:
             whole = config.align_target == "whole"
             source, target = (output.x_a, output.t_a) if whole else (output.x_c, output.t_c)
@@ -219,6 +231,10 @@ def crif_losses(
             terms["L_2"] = sum(stage_two[1:], stage_two[0])
     if stage in (None, 3) and "fusion" in branches:
         terms["L_mix"] = classify(_require(output.logits_fused, "logits_fused", config.ablation))
+    stages = training_stages(config)
+    refit = stage == 3 and 3 in stages and config.head == "visual"
+    if refit:
+        terms["L_refit"] = classify(output.logits_visual)
 
     if stage is None:
         total = terms["L_1"]
@@ -226,9 +242,14 @@ def crif_losses(
             total = total + weights.beta * terms["L_2"]
         if "L_mix" in terms:
             total = total + weights.gamma * terms["L_mix"]
-    elif stage not in training_stages(config):
+    elif stage not in stages:
         raise ValueError(f"stage {stage} has no loss terms under ablation {config.ablation!r}")
+    elif stage == 3:
+        parts = [terms[name] for name in ("L_mix", "L_refit") if name in terms]
+        total = sum(parts[1:], parts[0])
     else:  # a stage of only semantic terms on an output without semantic side: 0 in the graph
-        total = terms.get({1: "L_1", 2: "L_2", 3: "L_mix"}[stage], output.logits.sum() * 0.0)
+        total = terms.get({1: "L_1", 2: "L_2"}[stage], output.logits.sum() * 0.0)
+    if has_semantic:  # every semantic parameter stays in the graph (DDP), whatever the options
+        total = total + _zero(output.logits_semantic)
     terms["total"] = total
     return terms

@@ -17,9 +17,12 @@ The semantic modality is privileged information: the visual path never reads it,
 
     baseline   visual path only, logits from x_c            losses: L_class
     align      + semantic branch (L_sim, L_align)           logits from x_c
-    inference  + semantic inference t_r with L_recon        logits from x_c
+    inference  + semantic inference t_r with L_recon        logits from t_r (its own head)
     fusion     align + fusion of x_c and t_r (t_r trained by L_mix only, no L_recon; Table IV)
     full       everything (the paper's CRIF), logits from the fusion head
+
+The predicting head of each ablation is its last module: +Inference predicts from t_r, as the
+paper's Table III +Inference value is the Inference column of its Table V.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ from pipeline.store import Task
 
 __all__ = [
     "ABLATIONS",
+    "PREDICTIONS",
+    "SEMANTIC_GRADIENTS",
+    "STRATEGIES",
     "ALIGN_FUNCTIONS",
     "ALIGN_TARGETS",
     "BACKBONES",
@@ -57,6 +63,8 @@ __all__ = [
     "TASKS",
     "ViltBackbone",
     "ablation_branches",
+    "multistage_stages",
+    "predicting_head",
     "build_backbone",
     "build_model",
     "training_stages",
@@ -67,12 +75,20 @@ FusionOperator = Literal["concat", "plus", "mult", "max", "min"]
 Backbone = Literal["gru", "vilt"]
 AlignFunction = Literal["coral", "l2", "kl", "ssan"]  # implemented in pipeline.crif.losses
 AlignTarget = Literal["clip", "whole"]
+# "stop": the semantic side is a fixed teacher in L_sim / L_align (gradients stop there);
+# "flow": the paper's symmetric eqs. 10 and 13, both sides move.
+SemanticGradients = Literal["stop", "flow"]
+Prediction = Literal["auto", "visual", "inferred", "fused"]
+Strategy = Literal["end2end", "multistage"]  # eq. 22, or the three stages of section III-F
 ABLATIONS = get_args(Ablation)
 FUSIONS = get_args(FusionOperator)
 BACKBONES = get_args(Backbone)
 TASKS = get_args(Task)
 ALIGN_FUNCTIONS = get_args(AlignFunction)
 ALIGN_TARGETS = get_args(AlignTarget)
+SEMANTIC_GRADIENTS = get_args(SemanticGradients)
+PREDICTIONS = get_args(Prediction)
+STRATEGIES = get_args(Strategy)
 
 # Which optional branches each ablation builds (and so which loss terms it has).
 _BRANCHES = {
@@ -82,6 +98,15 @@ _BRANCHES = {
     "fusion": frozenset({"semantic", "inference", "fusion"}),
     "full": frozenset({"semantic", "inference", "recon", "fusion"}),
 }
+# The head each ablation predicts with (``prediction="auto"``).
+_PREDICTING_HEAD = {
+    "baseline": "visual",
+    "align": "visual",
+    "inference": "inferred",
+    "fusion": "fused",
+    "full": "fused",
+}
+_HEAD_BRANCH = {"visual": None, "inferred": "recon", "fused": "fusion"}
 # [CLS] in the BERT uncased vocabulary that ViLT's tokenizer uses; the random ViLT gets a
 # vocabulary just large enough to hold it, so one id serves both.
 VILT_CLS_TOKEN_ID = 101
@@ -109,7 +134,10 @@ class CRIFConfig:
     align_fn: AlignFunction = "coral"
     # "clip": align x_c/t_c (CRIF); "whole": x_a/t_a (Table V "Align")
     align_target: AlignTarget = "clip"
-    detach_semantic: bool = True  # the semantic side is the teacher in alignment terms
+    # stop: the semantic side is a fixed teacher in L_sim/L_align; flow: eqs. 10/13 as written
+    semantic_gradients: SemanticGradients = "stop"
+    semantic_loss: bool = True  # L_semantic (CE on t_c) in L_1; eq. 20 has none
+    prediction: Prediction = "auto"  # predicting head; auto: the ablation's last module
     dropout: float = 0.1
     context_gating: bool = False  # GRU option
     vilt_layers: int = 2
@@ -130,12 +158,26 @@ class CRIFConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.vilt_pretrained is None and self.vilt_hidden % self.vilt_heads:
             raise ValueError("vilt_hidden must be divisible by vilt_heads")
+        branch = _HEAD_BRANCH[predicting_head(self.ablation, self.prediction)]
+        if branch is not None and branch not in ablation_branches(self.ablation):
+            raise ValueError(f"ablation {self.ablation!r} has no {self.head} head to predict with")
+
+    @property
+    def head(self) -> str:
+        """The head ``predict`` uses: visual (x_c), inferred (t_r) or fused."""
+        return predicting_head(self.ablation, self.prediction)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> CRIFConfig:
+        """Also reads the form of older checkpoints: ``detach_semantic`` (a bool) instead of
+        ``semantic_gradients``, and +Inference models then predicted from x_c."""
+        d = dict(d)
+        if "detach_semantic" in d:
+            d["semantic_gradients"] = "stop" if d.pop("detach_semantic") else "flow"
+            d.setdefault("prediction", "visual" if d.get("ablation") == "inference" else "auto")
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown CRIFConfig fields: {sorted(unknown)}")
@@ -146,10 +188,11 @@ class CRIFConfig:
 class CRIFOutput:
     """Tensors (B, ...); None where the ablation or a missing semantic input has no branch."""
 
-    logits: Tensor  # (B, C) inference prediction: fused head if built, else the x_c head
+    logits: Tensor  # (B, C) inference prediction: the head of ``CRIFConfig.head``
     logits_visual: Tensor  # (B, C) classifier on x_c (L_class)
     x_a: Tensor  # (B, shared_dim)
     x_c: Tensor  # (B, rho)
+    x: Tensor | None = None  # (B, hidden_dim) visual backbone output (standardised input)
     t_r: Tensor | None = None  # (B, hidden_dim) semantic feature inferred from the video
     logits_recon: Tensor | None = None  # (B, C) classifier on t_r (L_recon)
     logits_fused: Tensor | None = None  # (B, C) classifier on F_mix (L_mix)
@@ -433,23 +476,27 @@ class CRIF(nn.Module):
             logits_recon = self.recon_head(t_r)  # (B, C)
         if self.fusion is not None:
             logits_fused = self.fused_head(self.fusion(x_c, t_r))  # (B, C)
-        logits = logits_fused if logits_fused is not None else logits_visual
-        return CRIFOutput(logits, logits_visual, x_a, x_c, t_r, logits_recon, logits_fused)
+        heads = {"visual": logits_visual, "inferred": logits_recon, "fused": logits_fused}
+        logits = heads[self.config.head]
+        return CRIFOutput(logits, logits_visual, x_a, x_c, x, t_r, logits_recon, logits_fused)
 
     def predict(self, visual: Tensor, visual_mask: Tensor) -> Tensor:
         """Logits (B, C) from the video alone. Set eval() / no_grad() as the caller needs."""
         return self._visual_path(visual, visual_mask).logits
 
     def stage_parameters(self, stage: int) -> list[nn.Parameter]:
-        """Trainable parameters a multistage run introduces at ``stage`` (a partition over stages).
+        """Trainable parameters a multistage run trains at ``stage`` (stage 2 adds stage 1's).
 
         1: both backbones, E^s, Clip and the visual and semantic classifiers (L_1);
         2: E_t^r, D_t^r and the recon classifier (L_2);  3: the fusion taus and fused classifier
         (L_mix). Under ablation "fusion" (no L_recon) E_t^r and D_t^r move to stage 3, the first
         loss that trains them. L_align (stage 2) reaches only stage-1 modules, so it acts only
-        if the trainer keeps earlier stages trainable.
+        if the trainer keeps earlier stages trainable. A model that predicts with the visual
+        head refits that head alone in stage 3, on the features stage 2 left (it is then in
+        stages 1 and 3; otherwise the stages are a partition).
         """
         inference = [self.inference_encoder, self.inference_decoder]
+        refit = self.config.head == "visual" and 3 in training_stages(self.config)
         groups = {
             1: [self.visual_backbone, self.visual_shared, self.visual_clip, self.visual_head]
             + [
@@ -459,7 +506,9 @@ class CRIF(nn.Module):
                 self.semantic_head,
             ],
             2: [*inference, self.recon_head] if self.recon_head is not None else [],
-            3: [self.fusion, self.fused_head] + (inference if self.recon_head is None else []),
+            3: [self.fusion, self.fused_head]
+            + (inference if self.recon_head is None else [])
+            + ([self.visual_head] if refit else []),
         }
         if stage not in groups:
             raise ValueError(f"stage must be 1, 2 or 3, got {stage!r}")
@@ -467,12 +516,34 @@ class CRIF(nn.Module):
         return [p for module in modules for p in module.parameters() if p.requires_grad]
 
 
+def predicting_head(ablation: str, prediction: str = "auto") -> str:
+    """The head a model predicts with: visual (x_c), inferred (t_r) or fused."""
+    ablation_branches(ablation)  # validates
+    return _PREDICTING_HEAD[ablation] if prediction == "auto" else prediction
+
+
+def multistage_stages(ablation: str, prediction: str = "auto") -> tuple[int, ...]:
+    """The stages of a multistage run (paper section III-F):
+
+    1  L_1: the visual and semantic encoders and their classifiers (always);
+    2  L_2 = L_recon + alpha_align L_align, with a semantic branch; stage 1's modules stay
+       trainable (L_align reaches only them);
+    3  the predicting head on the features stage 2 left: L_mix for the fusion head, or, for a
+       model that predicts with the visual head, L_class on that head alone. Stage 2 moves the
+       visual features after stage 1 trained its classifier, so without this refit that head
+       would be stale. A model predicting from t_r has its head trained in stage 2 (L_recon).
+    """
+    branches = ablation_branches(ablation)
+    if "semantic" not in branches:
+        return (1,)
+    head = predicting_head(ablation, prediction)
+    refit = "fusion" in branches or head == "visual"
+    return (1, 2, 3) if refit else (1, 2)
+
+
 def training_stages(config: CRIFConfig) -> tuple[int, ...]:
-    """The multistage stages whose loss has terms under the ablation (1; 2 with a semantic
-    branch: L_align and/or L_recon; 3 with fusion). A stage may own no parameters (see
-    ``CRIF.stage_parameters``): "align" has stage 2 (L_align) but trains stage-1 modules."""
-    branches = ablation_branches(config.ablation)
-    return (1,) + ((2,) if "semantic" in branches else ()) + ((3,) if "fusion" in branches else ())
+    """``multistage_stages`` of a model config."""
+    return multistage_stages(config.ablation, config.prediction)
 
 
 def build_model(config: CRIFConfig) -> CRIF:

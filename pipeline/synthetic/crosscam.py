@@ -43,7 +43,14 @@ from pipeline.common.atomic import atomic_write_json, atomic_write_text
 from pipeline.common.configs import check_choices, load_config
 from pipeline.common.logs import logging_to_file
 from pipeline.common.tables import MISSING, SPREAD, markdown_table, mean_std
-from pipeline.crif.model import ABLATIONS, BACKBONES, Ablation, Backbone
+from pipeline.crif.model import (
+    ABLATIONS,
+    BACKBONES,
+    Ablation,
+    Backbone,
+    SemanticGradients,
+    Strategy,
+)
 from pipeline.store import atomic_write_table, store_schema, validate_store, write_dataset_json
 
 __all__ = [
@@ -52,6 +59,7 @@ __all__ = [
     "benchmark_markdown",
     "full_plan",
     "generate_benchmark_store",
+    "hard_plan",
     "method_name",
     "plan_methods",
     "quick_plan",
@@ -72,6 +80,7 @@ class BenchmarkData:
     train_cameras: int = 6
     test_cameras: int = 3
     videos_per_camera: int = 200
+    test_videos_per_camera: int | None = None  # videos of each test camera (None: as above)
     val_fraction: float = 0.1  # of the training cameras' videos
     clips: int = 6  # T_v
     captions: int = 2  # text rows per video
@@ -85,6 +94,10 @@ class BenchmarkData:
     camera_gain: float = 0.3  # per-dimension gain spread of a camera
     camera_offset: float = 0.5  # per-dimension offset spread of a camera
     text_noise: float = 0.3
+    # P(label = the camera's own class) in a training camera; camera k films class k mod C.
+    # 0: labels independent of the camera. High values are the hard setting: camera cues
+    # predict the class on the seen cameras and fail on new ones.
+    camera_class_bias: float = 0.0
     seed: int = 0
 
 
@@ -105,12 +118,20 @@ def _world(config: BenchmarkData, rng: np.random.Generator) -> dict[str, np.ndar
     }
 
 
-def _camera_videos(config, world, rng, camera: str, test: bool) -> list[dict[str, Any]]:
+def _camera_videos(
+    config, world, rng, camera: str, test: bool, own_class: int
+) -> list[dict[str, Any]]:
     gain = 1.0 + config.camera_gain * rng.standard_normal(VISUAL_DIM)
     offset = config.camera_offset * rng.standard_normal(VISUAL_DIM)
     rows = []
-    for index in range(config.videos_per_camera):
+    count = config.videos_per_camera
+    if test and config.test_videos_per_camera is not None:
+        count = config.test_videos_per_camera
+    for index in range(count):
         label = int(rng.integers(config.num_classes))
+        bias = config.camera_class_bias
+        if not test and bias > 0 and rng.random() < bias:  # (the stream is unchanged at 0)
+            label = own_class
         biased = not test and rng.random() < config.scene_bias
         scene = label if biased else int(rng.integers(config.num_classes))
         z = world["means"][label] + config.within_class * rng.standard_normal(config.content_dim)
@@ -150,7 +171,8 @@ def generate_benchmark_store(root: str | Path, config: BenchmarkData) -> dict[st
     for name, (count, test) in groups.items():
         rows = []
         for camera in range(count):
-            rows += _camera_videos(config, world, rng, f"{name[:-8]}cam{camera}", test)
+            own = camera % config.num_classes
+            rows += _camera_videos(config, world, rng, f"{name[:-8]}cam{camera}", test, own)
         atomic_write_table(pa.Table.from_pylist(rows, schema=schema), root / f"{name}.parquet")
     generator = {"generator": "pipeline.synthetic.crosscam", **dataclasses.asdict(config)}
     write_dataset_json(
@@ -217,22 +239,46 @@ def _run_cell(config_dict: dict[str, Any], datasets: dict[str, Any]) -> dict[str
     }
 
 
-def method_name(ablation: str, strategy: str) -> str:
-    """The table's row label: the ablation, with the strategy when it is not end to end."""
-    return ablation if strategy == "end2end" else f"{ablation} ({strategy})"
+Method = tuple[str, str, str]  # (ablation, strategy, semantic_gradients)
 
 
-def plan_methods(plan: BenchmarkPlan) -> list[tuple[str, str]]:
-    """(ablation, strategy) of every row, in table order."""
-    methods = [(ablation, "end2end") for ablation in plan.ablations]
-    return methods + [(ablation, "multistage") for ablation in plan.multistage]
+def method_name(ablation: str, strategy: str, gradients: str = "stop") -> str:
+    """The table's row label: the ablation, with the strategy when it is not end to end and
+    the semantic gradients when they flow (``full (multistage, flow)``)."""
+    notes = [strategy] if strategy != "end2end" else []
+    notes += ["flow"] if gradients == "flow" else []
+    return f"{ablation} ({', '.join(notes)})" if notes else ablation
+
+
+def _method_of(result: dict[str, Any]) -> Method:
+    """A result's method; results of older files name no strategy or gradients."""
+    return (
+        result["ablation"],
+        result.get("strategy", "end2end"),
+        result.get("semantic_gradients", "stop"),
+    )
+
+
+def plan_methods(plan: BenchmarkPlan) -> list[Method]:
+    """(ablation, strategy, semantic gradients) of every row, in table order: each ablation
+    x strategy x gradient mode (the baseline, which has no semantic side, once per strategy)."""
+    methods = []
+    for strategy in plan.strategies:
+        for ablation in plan.ablations:
+            modes = plan.semantic_gradients if ablation != "baseline" else ("stop",)
+            methods += [(ablation, strategy, gradients) for gradients in modes]
+    return methods
 
 
 def _cell_configs(out: Path, store: Path, seed: int, plan: BenchmarkPlan) -> list[dict]:
     cells = []
     for backbone in plan.backbones:
-        for ablation, strategy in plan_methods(plan):
-            name = ablation if strategy == "end2end" else f"{ablation}-{strategy}"
+        for ablation, strategy, gradients in plan_methods(plan):
+            name = "-".join(
+                [ablation]
+                + ([strategy] if strategy != "end2end" else [])
+                + (["flow"] if gradients == "flow" else [])
+            )
             config = dict(
                 features=str(store),
                 out=str(out / "runs" / f"{backbone}-{name}-seed{seed}"),
@@ -240,7 +286,7 @@ def _cell_configs(out: Path, store: Path, seed: int, plan: BenchmarkPlan) -> lis
                 ablation=ablation,
                 seed=seed,
                 num_workers=0,
-                **{**plan.train, "strategy": strategy},
+                **{**plan.train, "strategy": strategy, "semantic_gradients": gradients},
             )
             cells.append(config)
     return cells
@@ -273,11 +319,10 @@ def run_benchmark(out: str | Path, plan: BenchmarkPlan) -> dict[str, Any]:
     while pending:  # report cells as they finish
         (done,), pending = ray.wait(pending, num_returns=1)
         config, result = configs[done], ray.get(done)
-        results.append(
-            {**{k: config[k] for k in ("backbone", "ablation", "strategy", "seed")}, **result}
-        )
+        keys = ("backbone", "ablation", "strategy", "semantic_gradients", "seed")
+        results.append({**{k: config[k] for k in keys}, **result})
         test = {k: round(v, 3) for k, v in result["splits"].get("test", {}).items()}
-        method = method_name(config["ablation"], config["strategy"])
+        method = method_name(config["ablation"], config["strategy"], config["semantic_gradients"])
         logger.info(
             f"{config['backbone']:>4} {method:<20} seed {config['seed']}: "
             f"test {test} ({result['seconds']}s)",
@@ -290,23 +335,22 @@ def run_benchmark(out: str | Path, plan: BenchmarkPlan) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class BenchmarkPlan:
-    """What the benchmark trains: every backbone x ablation x seed on the same data recipe.
+    """What the benchmark trains: every backbone x ablation x strategy x semantic-gradient
+    mode x seed on the same data recipe (the baseline has no semantic side: once per strategy).
 
     ``train`` holds the TrainConfig fields shared by every cell (the same for all methods).
-    ``ablations`` are trained end to end; ``multistage`` ones also with the three stages.
-    Only the fusion head is trained in stage 3, so the paper's multistage scheme is made for
-    the fused CRIF: under "align" or "inference" the predicting (visual) head learns in stage
-    1 only and stage 2 moves its features after it (measured on this benchmark, GRU, 3 seeds:
-    align 0.196, inference 0.239 Acc-1, below the baseline), so those are not rows.
-    The recipes are files: configs/crosscam-full.yaml (:func:`full_plan`) and
-    configs/crosscam-quick.yaml (:func:`quick_plan`).
+    The recipes are files: configs/crosscam-full.yaml (:func:`full_plan`),
+    configs/crosscam-hard.yaml (:func:`hard_plan`) and configs/crosscam-quick.yaml
+    (:func:`quick_plan`).
     """
 
     data: BenchmarkData = BenchmarkData()  # the generator's parameters (a mapping in a file)
     seeds: tuple[int, ...] = (0,)  # seeds of the data and the training; one store per seed
     backbones: tuple[Backbone, ...] = BACKBONES  # backbones trained
-    ablations: tuple[Ablation, ...] = ABLATIONS  # ablations trained end to end
-    multistage: tuple[Ablation, ...] = ("full",)  # ablations also trained in three stages
+    ablations: tuple[Ablation, ...] = ABLATIONS  # ablations trained
+    strategies: tuple[Strategy, ...] = ("end2end", "multistage")  # training strategies
+    # semantic gradients in L_sim/L_align: stop (a fixed teacher), flow (the paper's eqs.)
+    semantic_gradients: tuple[SemanticGradients, ...] = ("stop",)
     # TrainConfig fields (flat names) shared by every cell
     train: dict[str, Any] = field(default_factory=dict)
 
@@ -317,6 +361,12 @@ class BenchmarkPlan:
 def full_plan() -> BenchmarkPlan:
     """The benchmark as reported (configs/crosscam-full.yaml): 3 seeds, 12 epochs."""
     return load_config(BenchmarkPlan, "crosscam-full")
+
+
+def hard_plan() -> BenchmarkPlan:
+    """The hard setting (configs/crosscam-hard.yaml): each training camera films mostly its
+    own class, few training videos per class; every ablation x strategy x gradient mode."""
+    return load_config(BenchmarkPlan, "crosscam-hard")
 
 
 def quick_plan() -> BenchmarkPlan:
@@ -340,28 +390,24 @@ def summarise(results: list[dict[str, Any]], plan: BenchmarkPlan) -> dict[str, A
     """Mean and spread over seeds per backbone x method, and the gain over the baseline."""
     rows = []
     for backbone in plan.backbones:
-        # (ablation, strategy) of each result; results without a strategy were end to end.
-        mine = [
-            ((r["ablation"], r.get("strategy", "end2end")), r)
-            for r in results
-            if r["backbone"] == backbone
-        ]
+        mine = [(_method_of(r), r) for r in results if r["backbone"] == backbone]
+        # The reference: the visual-only baseline of the plan's first strategy.
+        reference = ("baseline", plan.strategies[0], "stop")
         baseline = {
-            r["seed"]: r["splits"]["test"]["acc1"]
-            for method, r in mine
-            if method == ("baseline", "end2end")
+            r["seed"]: r["splits"]["test"]["acc1"] for method, r in mine if method == reference
         }
-        for ablation, strategy in plan_methods(plan):
-            cells = sorted(
-                (r for method, r in mine if method == (ablation, strategy)),
-                key=lambda r: r["seed"],
-            )
+        for method in plan_methods(plan):
+            ablation, strategy, gradients = method
+            cells = sorted((r for m, r in mine if m == method), key=lambda r: r["seed"])
+            if not cells:
+                continue
             test = [r["splits"]["test"] for r in cells]
             row = {
                 "backbone": backbone,
-                "method": method_name(ablation, strategy),
+                "method": method_name(*method),
                 "ablation": ablation,
                 "strategy": strategy,
+                "semantic_gradients": gradients,
                 "seeds": [r["seed"] for r in cells],
                 "test_acc1": _statistics([m["acc1"] for m in test]),
                 "test_acc5": _statistics([m["acc5"] for m in test]),

@@ -20,9 +20,9 @@ Decisions:
 - Rows whose semantic cell is null take part in the visual terms only; the semantic terms
   (L_semantic, L_sim, L_align, L_recon_distance) are means over the rows that have one.
 - Adam with weight decay 1e-3, lr x0.1 every ``lr_step`` epochs (paper IV-B/IV-C).
-  ``multistage`` splits the epochs into consecutive blocks, one per stage of
-  ``model.training_stages``; each stage starts a fresh optimiser over its own modules, and
-  stage 2 keeps stage 1's trainable too, since L_align only reaches stage-1 modules.
+  ``multistage`` trains each stage of ``model.training_stages`` for ``epochs_per_stage``
+  epochs (the paper: 13), each with a fresh optimiser over its own modules and its own step
+  decay; stage 2 keeps stage 1's trainable too, since L_align only reaches stage-1 modules.
 - A checkpoint per epoch (Ray keeps the last 2); a restarted worker group (FailureConfig) or
   a re-run with the same ``out`` resumes from the latest. The exported model (RUN_DIR/model)
   is the LAST epoch's: by then the lr has decayed, and picking by val (drawn from the training
@@ -47,7 +47,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import numpy as np
 import ray.train
@@ -69,6 +69,7 @@ from pipeline.common.logs import ensure_logging
 from pipeline.crif.losses import LossWeights, crif_losses
 from pipeline.crif.metrics import classification_metrics
 from pipeline.crif.model import (
+    STRATEGIES,
     Ablation,
     AlignFunction,
     AlignTarget,
@@ -76,8 +77,12 @@ from pipeline.crif.model import (
     CRIFConfig,
     CRIFOutput,
     FusionOperator,
+    Prediction,
+    SemanticGradients,
+    Strategy,
     ablation_branches,
     build_model,
+    multistage_stages,
     training_stages,
 )
 from pipeline.store import read_dataset_json
@@ -103,9 +108,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Strategy = Literal["end2end", "multistage"]
 SemanticModality = Literal["text", "audio"]
-STRATEGIES = get_args(Strategy)
 # Keys of the flat train_config of older files that are no TrainConfig fields any more.
 _RETIRED_FIELDS = ("fail_at_epoch", "fail_kind", "address")
 LR_DECAY = 0.1
@@ -123,6 +126,10 @@ class ModelSettings:
     align_fn: AlignFunction = "coral"  # L_align: Deep CORAL, L2, KL divergence or SSAN
     align_target: AlignTarget = "clip"  # aligned features: the key part x_c/t_c, or whole x_a/t_a
     fusion: FusionOperator = "concat"  # fusion operator of x_c and t_r
+    # stop: the semantic side is a fixed teacher in L_sim/L_align; flow: eqs. 10/13 as written
+    semantic_gradients: SemanticGradients = "stop"
+    semantic_loss: bool = True  # L_semantic (CE on t_c) in L_1 (eq. 20 has none)
+    prediction: Prediction = "auto"  # predicting head; auto: the ablation's (t_r for inference)
     hidden_dim: int = 256  # backbone output width (x, t, t_r)
     shared_dim: int = 256  # width of the shared alignment space (x_a, t_a) and of the fusion
     rho: int = 128  # width of the key part x_c, t_c
@@ -134,16 +141,19 @@ class ModelSettings:
 class OptimizationSettings:
     """Losses, optimiser and schedule: Adam, lr x0.1 every ``lr_step`` epochs (paper IV-C)."""
 
-    strategy: Strategy = "end2end"  # end2end (L_all), or multistage: alignment, inference, fusion
+    # multistage: alignment, inference, fusion stages (eqs. 20, 21, L_mix); end2end: eq. 22
+    strategy: Strategy = "end2end"
     alpha_sim: float = 1.0  # weight of L_sim (distributional alignment)
     alpha_align: float = 1.0  # weight of L_align (content alignment)
     beta: float = 0.5  # weight of L_2 = L_recon + alpha_align L_align
     gamma: float = 0.5  # weight of L_mix (the fused prediction)
+    recon_distance: float = 0.0  # weight of mse(t_r, t) added to L_2 (not in eq. 15: 0)
     align_warmup: int = 0  # epochs over which alpha_sim and alpha_align ramp up from 0
     lr: float = 1e-3  # Adam learning rate
     weight_decay: float = 1e-3  # Adam weight decay
     lr_step: int = 4  # epochs between x0.1 learning-rate decays
-    epochs: int = 12  # training epochs (multistage: split into three blocks)
+    epochs: int = 12  # training epochs of end2end
+    epochs_per_stage: int = 13  # training epochs of each multistage stage (paper: 13)
     batch_size: int = 64  # global batch, over all workers
     seed: int = 0  # seed of the initial weights, dropout and shuffling
 
@@ -181,13 +191,15 @@ class TrainConfig:
         for group in (self, self.model, self.optimization, self.resources):
             check_choices(group)
         optimization, resources = self.optimization, self.resources
-        for name in ("epochs", "batch_size", "lr_step"):
+        for name in ("epochs", "epochs_per_stage", "batch_size", "lr_step"):
             if getattr(optimization, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(optimization, name)}")
         if resources.num_workers < 0 or optimization.batch_size < max(resources.num_workers, 1):
             raise ValueError("need num_workers >= 0 and batch_size >= num_workers")
         if optimization.align_warmup < 0 or resources.max_failures < -1:
             raise ValueError("need align_warmup >= 0 and max_failures >= -1")
+        if optimization.recon_distance < 0:
+            raise ValueError(f"recon_distance must be >= 0, got {optimization.recon_distance}")
 
     @classmethod
     def from_flat(cls, **fields: Any) -> TrainConfig:
@@ -219,6 +231,15 @@ class TrainConfig:
         return dataclasses.replace(self, **absolute)
 
     @property
+    def total_epochs(self) -> int:
+        """Epochs of the whole run: ``epochs``, or ``epochs_per_stage`` x the stages."""
+        settings = self.optimization
+        if settings.strategy == "end2end":
+            return settings.epochs
+        stages = multistage_stages(self.model.ablation, self.model.prediction)
+        return settings.epochs_per_stage * len(stages)
+
+    @property
     def semantic_modality(self) -> str | None:
         """The modality read from the store; None for the visual-only baseline."""
         return None if self.model.ablation == "baseline" else self.semantic
@@ -234,7 +255,11 @@ class TrainConfig:
         warmup = settings.align_warmup
         ramp = min(1.0, epoch / warmup) if warmup else 1.0
         return LossWeights(
-            settings.alpha_sim * ramp, settings.alpha_align * ramp, settings.beta, settings.gamma
+            settings.alpha_sim * ramp,
+            settings.alpha_align * ramp,
+            settings.beta,
+            settings.gamma,
+            settings.recon_distance,
         )
 
 
@@ -251,15 +276,12 @@ def model_config_for(config: TrainConfig, metadata: dict[str, Any]) -> CRIFConfi
 
 
 def stage_plan(config: TrainConfig, model_config: CRIFConfig) -> list[int | None]:
-    """The loss stage of every epoch: None (end to end) or consecutive blocks of 1, 2, 3."""
-    epochs = config.optimization.epochs
+    """The loss stage of every epoch: None (end to end) or ``epochs_per_stage`` epochs of each
+    stage in turn (1, 2, 3; see ``model.multistage_stages``)."""
     if config.optimization.strategy == "end2end":
-        return [None] * epochs
-    stages = training_stages(model_config)
-    if epochs < len(stages):
-        raise ValueError(f"multistage needs >= {len(stages)} epochs, got {epochs}")
-    sizes = [len(block) for block in np.array_split(np.arange(epochs), len(stages))]
-    return [stage for stage, size in zip(stages, sizes, strict=True) for _ in range(size)]
+        return [None] * config.optimization.epochs
+    per_stage = config.optimization.epochs_per_stage
+    return [stage for stage in training_stages(model_config) for _ in range(per_stage)]
 
 
 # ---------------------------------------------------------------------------- losses
@@ -317,13 +339,10 @@ def _select_rows(output: CRIFOutput, index: torch.Tensor) -> CRIFOutput:
     return CRIFOutput(**{k: None if v is None else v[index] for k, v in values.items()})
 
 
-def _has_visual_terms(stage: int | None, branches: frozenset[str]) -> bool:
+def _has_visual_terms(stage: int | None, config: CRIFConfig) -> bool:
     """Whether crif_losses has any term at ``stage`` without a semantic side."""
-    return (
-        stage in (None, 1)
-        or (stage == 2 and "recon" in branches)
-        or (stage == 3 and "fusion" in branches)
-    )
+    branches = ablation_branches(config.ablation)
+    return stage in (None, 1, 3) or (stage == 2 and "recon" in branches)
 
 
 def batch_losses(
@@ -341,8 +360,7 @@ def batch_losses(
     """
     if output.t is None or has_semantic is None or bool(has_semantic.all()):
         return crif_losses(output, labels, config, weights, stage=stage)
-    branches = ablation_branches(config.ablation)
-    visual_only = _has_visual_terms(stage, branches)
+    visual_only = _has_visual_terms(stage, config)
     zero = output.logits.sum() * 0.0
     terms = crif_losses(_without_semantic(output), labels, config, weights, stage=stage)
     terms = terms if visual_only else {"total": zero}
@@ -560,8 +578,9 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     run = _start(config)
     state = _restore(run)
     plan = stage_plan(run.config, run.model_config)
+    epochs = len(plan)
     optimizer = scheduler = None
-    for epoch in range(state["next_epoch"], run.config.optimization.epochs):
+    for epoch in range(state["next_epoch"], epochs):
         _maybe_fail(run.config, epoch, run.rank, run.world_size)
         stage = plan[epoch]
         if optimizer is None or (epoch > 0 and plan[epoch - 1] != stage):
@@ -575,7 +594,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
         entry["seconds"] = round(time.time() - started, 3)
         state["history"].append(entry)
         if run.rank == 0:
-            logger.info(_progress_line(entry, run.config.optimization.epochs))
+            logger.info(_progress_line(entry, epochs))
         train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         _report_epoch(run, state, {**train_state, "stage": stage}, entry)
     splits, rows = {}, {}
@@ -584,7 +603,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
             metrics, count = evaluate(run, key)
             if count:
                 splits[name], rows[name] = metrics, count
-    final = {"epoch": run.config.optimization.epochs - 1, "final": True, "splits": splits}
+    final = {"epoch": epochs - 1, "final": True, "splits": splits}
     ray.train.report(final)
     # Rank 0's return value reaches the driver as Result.return_value.
     return {**final, "rows": rows, "history": state["history"], "resumes": state["resumes"]}
@@ -770,13 +789,6 @@ def run_training(config: TrainConfig, *, datasets: dict[str, Any] | None = None)
     store = inspect_store(config.features, config.semantic_modality)
     if store.holdout:
         logger.info(f"{config.features}: no val split; holding out 1 in 10 train videos as val")
-    ablation = config.model.ablation
-    if config.optimization.strategy == "multistage" and "fusion" not in ablation_branches(ablation):
-        logger.info(
-            f"note: multistage without fusion: ablation {ablation!r} predicts with the "
-            "visual head, which learns in stage 1 only while stage 2 moves its features; "
-            "the paper's stages are made for the fused CRIF (end2end suits the other ablations)"
-        )
     if datasets is None:
         datasets = read_datasets(store, config.resources.materialize_below_mb)
     result = build_trainer(config, datasets=datasets).fit()

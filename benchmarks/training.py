@@ -65,6 +65,7 @@ def train_config(args, out: Path, workers: int):
         features=args.store,
         out=str(out),
         epochs=args.epochs,
+        strategy="end2end",  # the plain loop it is compared with trains end to end
         batch_size=args.batch,
         num_workers=workers,
         cpus_per_worker=float(args.threads or 1) if workers else 1.0,

@@ -14,7 +14,7 @@ from pipeline.tune import grids as experiments
 from pipeline.tune import report
 
 TINY = BenchmarkData(num_classes=4, train_cameras=2, test_cameras=1, videos_per_camera=30, clips=3)
-TINY_TRAIN = {"epochs": 2, "batch_size": 16, "hidden_dim": 16, "shared_dim": 16, "rho": 8}
+TINY_TRAIN = {"epochs_per_stage": 1, "batch_size": 16, "hidden_dim": 16, "shared_dim": 16, "rho": 8}
 
 
 def test_grids_are_the_papers_cells():

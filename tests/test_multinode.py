@@ -184,6 +184,7 @@ def _train(store: Path, workdir: Path) -> dict:
         features=str(store),
         out=str(workdir / "run"),
         epochs=EPOCHS,
+        strategy="end2end",
         batch_size=8,
         hidden_dim=32,
         shared_dim=32,

@@ -65,6 +65,7 @@ def trained(ray_session, tmp_path_factory):
             features=str(features),
             out=str(run),
             epochs=12,
+            strategy="end2end",
             batch_size=8,
             lr_step=8,
             num_workers=0,

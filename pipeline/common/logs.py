@@ -28,8 +28,15 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
-__all__ = ["LIBRARY_LOGGER", "configure_logging", "ensure_logging", "logging_to_file"]
+__all__ = [
+    "LIBRARY_LOGGER",
+    "configure_logging",
+    "console_to_file",
+    "ensure_logging",
+    "logging_to_file",
+]
 
 LIBRARY_LOGGER = "pipeline"
 _ENGINE_LOGGER = "ray"
@@ -144,3 +151,32 @@ def logging_to_file(
                     logger.addHandler(handler)
         library.setLevel(saved_level)
         library.propagate = saved_propagate
+
+
+@contextlib.contextmanager
+def console_to_file(log_file: str | os.PathLike) -> Iterator[TextIO]:
+    """Within the block everything this process writes to its stdout and stderr goes to
+    ``log_file`` (appended): Ray's progress bars, the lines Ray forwards from its workers,
+    the ``pipeline`` log records. Yields a text stream on the console as it was, for the few
+    lines the user should see. Redirects the file descriptors, so output of C extensions and
+    of anything that looked up ``sys.stdout`` earlier is caught too."""
+    path = Path(log_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = os.dup(1), os.dup(2)
+    console = os.fdopen(os.dup(saved[0]), "w", buffering=1, encoding="utf-8")
+    with open(path, "ab", buffering=0) as file:
+        os.dup2(file.fileno(), 1)
+        os.dup2(file.fileno(), 2)
+    try:
+        yield console
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(ValueError, OSError):
+                stream.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for descriptor in saved:
+            os.close(descriptor)
+        console.close()

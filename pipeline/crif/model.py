@@ -57,6 +57,7 @@ __all__ = [
     "CRIFOutput",
     "FUSIONS",
     "Fusion",
+    "FusionHead",
     "GRUBackbone",
     "InputStandardizer",
     "SequenceBackbone",
@@ -409,6 +410,22 @@ class Fusion(nn.Module):
     def forward(self, x_c: Tensor, t_r: Tensor) -> Tensor:
         combined = _FUSION_OPERATORS[self.operator](self.visual(x_c), self.inferred(t_r))
         return self.mix(combined)  # (B, width)
+
+
+class FusionHead(nn.Module):
+    """A fusion classifier over any set of features: f(tau(cat(tau(a), tau(b), ...))), the
+    fusion of eq. 16 generalised to N inputs. The paper grids train one per modality set of
+    Table V's fused columns (V+S, V+I, S+I, V+S+I) on a trained model's frozen features."""
+
+    def __init__(self, widths: tuple[int, ...], width: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.inputs = nn.ModuleList(_tau(w, width) for w in widths)
+        self.mix = _tau(width * len(widths), width)
+        self.head = _classifier(width, num_classes, dropout)
+
+    def forward(self, *features: Tensor) -> Tensor:
+        parts = [encode(f) for encode, f in zip(self.inputs, features, strict=True)]
+        return self.head(self.mix(torch.cat(parts, dim=-1)))  # (B, C)
 
 
 # ----------------------------------------------------------------------------- model

@@ -142,7 +142,7 @@ class OptimizationSettings:
     """Losses, optimiser and schedule: Adam, lr x0.1 every ``lr_step`` epochs (paper IV-C)."""
 
     # multistage: alignment, inference, fusion stages (eqs. 20, 21, L_mix); end2end: eq. 22
-    strategy: Strategy = "end2end"
+    strategy: Strategy = "multistage"
     alpha_sim: float = 1.0  # weight of L_sim (distributional alignment)
     alpha_align: float = 1.0  # weight of L_align (content alignment)
     beta: float = 0.5  # weight of L_2 = L_recon + alpha_align L_align

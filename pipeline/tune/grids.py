@@ -4,7 +4,8 @@
     python jobs/experiments.py --features outputs/features --out outputs/exp --grid alignment
 
 - ``ablation`` (Tables III/IV): Baseline, +Align, +Inference, +Fusion (the full CRIF).
-- ``alignment`` (Table V): None (alpha_sim = alpha_align = 0), and {Align: the whole shared
+- ``alignment`` (Table V): None (the plain backbones: alpha_sim = alpha_align = 0 and no
+  feature distance, so no alignment signal of any kind), and {Align: the whole shared
   feature x_a/t_a, Clip: the key part x_c/t_c} x {L2-Norm, KL-D, DeepCoral, SSAN}.
 - ``backbones`` (Table II): GRU and ViLT x {Baseline, +Align}; the Semantic row is the +Align
   run's semantic classifier, which only L_semantic trains (alignment terms detach it).
@@ -12,8 +13,8 @@
 
 Each run x seed is a Tune trial running a whole ``train.run_training`` (RUN_DIR layout under
 ``OUT/<grid>/runs/<run>/seed-<s>``), then :func:`evaluate_run`: the model's own heads on the
-test split (video only) and, for fused columns, a logistic-regression probe on concatenated
-features fitted on the train split ("directly concatenating", paper IV-F). Columns that need
+test split (video only) and, for fused columns, a fusion head of those features (eq. 16 over
+them) trained with L_mix on the train split's frozen features. Columns that need
 the semantic input at test time are marked † and scored where it exists (val when the test
 split has none, as in the cross-camera benchmark).
 """
@@ -73,7 +74,11 @@ _STRATEGIES = {"whole": "Align (whole feature)", "clip": "Clip (key part)"}
 
 def _alignment_cells() -> tuple[Cell, ...]:
     cells = [
-        Cell("none", ("None", "-"), {"ablation": "full", "alpha_sim": 0.0, "alpha_align": 0.0})
+        Cell(
+            "none",
+            ("None", "-"),
+            {"ablation": "full", "alpha_sim": 0.0, "alpha_align": 0.0, "recon_distance": 0.0},
+        )
     ]
     for target, strategy in _STRATEGIES.items():
         for function, label in _FUNCTIONS.items():
@@ -165,38 +170,41 @@ class ExperimentConfig:
 # ---------------------------------------------------------------------------- evaluation
 
 
-def _probe(train: dict, test: dict, names: tuple[str, ...], task: str) -> dict | None:
-    """Logistic regression on the concatenated features (standardised), fitted on ``train``."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.multiclass import OneVsRestClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+FUSION_EPOCHS = 200  # full-batch Adam steps of a Table V fusion head
+
+
+def _fusion_head(
+    train: dict, test: dict, names: tuple[str, ...], task: str, config, seed: int = 0
+) -> dict | None:
+    """Table V's fused columns: a fusion head (``model.FusionHead``, eq. 16 over ``names``)
+    trained with L_mix on the frozen features of the train split, scored on ``test``."""
+    import torch
+
+    from pipeline.crif.losses import classification_loss
+    from pipeline.crif.model import FusionHead
 
     def features(outputs):
-        stacked = np.concatenate([outputs[name] for name in names], axis=1)
-        keep = np.isfinite(stacked).all(axis=1)
-        return stacked[keep], outputs["labels"][keep]
+        keep = np.isfinite(np.concatenate([outputs[n] for n in names], axis=1)).all(axis=1)
+        tensors = [torch.from_numpy(outputs[n][keep]).float() for n in names]
+        labels = torch.from_numpy(outputs["labels"][keep])
+        return tensors, labels.long() if task == "single_label" else labels.float()
 
     (x_train, y_train), (x_test, y_test) = features(train), features(test)
-    if len(x_test) == 0 or len(x_train) < 2:
+    if len(y_test) == 0 or len(y_train) < 2:
         return None
-    classifier = LogisticRegression(max_iter=2000)
-    if task == "single_label":
-        y_train = y_train.astype(np.int64)
-        if len(np.unique(y_train)) < 2:
-            return None
-    else:
-        classifier = OneVsRestClassifier(classifier)
-    probe = make_pipeline(StandardScaler(), classifier).fit(x_train, y_train)
-    scores = np.full((len(x_test), train["logits"].shape[1]), -np.inf)
-    if task == "single_label":
-        decision = probe.decision_function(x_test)
-        if decision.ndim == 1:  # two classes seen in training
-            decision = np.stack([-decision, decision], axis=1)
-        scores[:, probe.classes_.astype(np.int64)] = decision
-    else:
-        scores = probe.decision_function(x_test)
-    return classification_metrics(scores, y_test, task)
+    torch.manual_seed(seed)
+    widths = tuple(x.shape[1] for x in x_train)
+    head = FusionHead(widths, config.shared_dim, config.num_classes, config.dropout)
+    optimizer = torch.optim.Adam(head.parameters(), lr=1e-3, weight_decay=1e-3)
+    head.train()
+    for _ in range(FUSION_EPOCHS):
+        optimizer.zero_grad(set_to_none=True)
+        classification_loss(head(*x_train), y_train, task).backward()
+        optimizer.step()
+    head.eval()
+    with torch.no_grad():
+        logits = head(*x_test).numpy()
+    return classification_metrics(logits, y_test.numpy(), task)
 
 
 def evaluate_run(model_dir: str | Path, features: str) -> dict[str, Any]:
@@ -227,7 +235,8 @@ def evaluate_run(model_dir: str | Path, features: str) -> dict[str, Any]:
             continue
         needs_semantic = any(part in SEMANTIC_OUTPUTS for part in parts)
         evaluation = semantic_rows if needs_semantic else test
-        metrics = _probe(splits["train"], evaluation, parts, task) if evaluation else None
+        train = with_semantic(splits["train"], needs_semantic)
+        metrics = _fusion_head(train, evaluation, parts, task, model.config) if evaluation else None
         if metrics is not None:
             columns[name] = metrics
             used[name] = semantic_split if needs_semantic else "test"
@@ -341,8 +350,9 @@ def _notes(config: ExperimentConfig, base: TrainConfig, records: list[dict], fai
         )
     if config.grid == "alignment":
         lines.append(
-            "V+S, V+I, S+I, V+S+I: logistic regression on the concatenated x_c, t_c, t_r, "
-            "fitted on the train split. Visual, Semantic, Inference: the model's own heads."
+            "V+S, V+I, S+I, V+S+I: a fusion head (eq. 16 over x_c, t_c, t_r) trained with "
+            "L_mix on the train split's frozen features. Visual, Semantic, Inference: the "
+            "model's own heads."
         )
     if failed:
         lines.append("Failed cells: " + "; ".join(failed))

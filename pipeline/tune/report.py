@@ -237,8 +237,7 @@ def _forward(model, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """Per-row outputs of one padded batch; semantic outputs are NaN where a row has none."""
     visual, mask = batch["visual"], batch["visual_mask"]
     output = model(visual, mask)  # the visual path: what inference sees
-    rows = {k: v for k, v in vars(output).items() if v is not None}
-    rows["x"] = model.visual_backbone(visual, mask)  # (B, H) before any alignment
+    rows = {k: v for k, v in vars(output).items() if v is not None}  # x: the model's own
     count = visual.shape[0]
     has = torch.zeros(count, dtype=torch.bool)
     if model.semantic_backbone is not None:

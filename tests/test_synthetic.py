@@ -109,7 +109,7 @@ def test_captions_name_the_class():
 
     rng = np.random.default_rng(0)
     for label in range(20):
-        for caption in _captions(label, 4, rng):
+        for caption in _captions((label,), 4, rng):
             assert any(word in caption for word in _CLASS_WORDS[label])
             others = [w for k, words in enumerate(_CLASS_WORDS) if k != label for w in words]
             assert not any(f" {word} " in f" {caption} " for word in others), caption

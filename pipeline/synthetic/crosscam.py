@@ -99,6 +99,19 @@ class BenchmarkData:
     # predict the class on the seen cameras and fail on new ones.
     camera_class_bias: float = 0.0
     seed: int = 0
+    # classes per video: > 1 writes a multi_label store (labels lists), z the sum of their means
+    labels_per_video: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.labels_per_video <= self.num_classes:
+            raise ValueError(
+                f"labels_per_video must be in 1..num_classes, got {self.labels_per_video}"
+            )
+
+    @property
+    def task(self) -> str:
+        """The store's task: multi_label when a video has several classes."""
+        return "multi_label" if self.labels_per_video > 1 else "single_label"
 
 
 def _orthonormal(rng: np.random.Generator, rows: int, columns: int) -> np.ndarray:
@@ -128,13 +141,15 @@ def _camera_videos(
     if test and config.test_videos_per_camera is not None:
         count = config.test_videos_per_camera
     for index in range(count):
-        label = int(rng.integers(config.num_classes))
+        labels = _draw_labels(config, rng)
         bias = config.camera_class_bias
         if not test and bias > 0 and rng.random() < bias:  # (the stream is unchanged at 0)
-            label = own_class
+            labels = [own_class] + [k for k in labels if k != own_class][: len(labels) - 1]
+        label = labels[0]  # the scene follows the first class
         biased = not test and rng.random() < config.scene_bias
         scene = label if biased else int(rng.integers(config.num_classes))
-        z = world["means"][label] + config.within_class * rng.standard_normal(config.content_dim)
+        z = world["means"][labels].sum(0)
+        z = z + config.within_class * rng.standard_normal(config.content_dim)
         base = world["content"] @ z + config.scene_strength * world["scenes"][:, scene]
         noise = config.visual_noise * rng.standard_normal((config.clips, VISUAL_DIM))
         visual = gain * (base[None, :] + noise) + offset  # (T_v, 1024)
@@ -142,11 +157,12 @@ def _camera_videos(
             (config.captions, config.text_dim)
         )  # (N, D_t)
         split = "test" if test else ("val" if rng.random() < config.val_fraction else "train")
+        target = {"label": label} if config.task == "single_label" else {"labels": sorted(labels)}
         rows.append(
             {
                 "video_id": f"{camera}-{index:04d}",
                 "split": split,
-                "label": label,
+                **target,
                 "visual": visual.astype(np.float32).tolist(),
                 "text": None if test else text.astype(np.float32).tolist(),
                 "audio": None,
@@ -157,12 +173,21 @@ def _camera_videos(
     return rows
 
 
+def _draw_labels(config: BenchmarkData, rng: np.random.Generator) -> list[int]:
+    """A video's classes: one, or ``labels_per_video`` distinct ones (multi-label)."""
+    if config.labels_per_video == 1:  # the single-label stream of draws, unchanged
+        return [int(rng.integers(config.num_classes))]
+    drawn = rng.choice(config.num_classes, config.labels_per_video, replace=False)
+    return [int(k) for k in drawn]
+
+
 def generate_benchmark_store(root: str | Path, config: BenchmarkData) -> dict[str, Any]:
-    """Write the store (one Parquet file per camera group, valid per ``validate_store``)."""
+    """Write the store (one Parquet file per camera group, valid per ``validate_store``);
+    ``labels_per_video > 1`` makes it multi_label."""
     root = Path(root)
     rng = np.random.default_rng(config.seed)
     world = _world(config, rng)
-    schema = store_schema("single_label")
+    schema = store_schema(config.task)
     schema = schema.append(pa.field("camera", pa.string())).append(pa.field("scene", pa.int32()))
     groups = {
         "train-cameras": (config.train_cameras, False),
@@ -179,7 +204,7 @@ def generate_benchmark_store(root: str | Path, config: BenchmarkData) -> dict[st
         root,
         {
             "name": "cross-camera-synthetic",
-            "task": "single_label",
+            "task": config.task,
             "class_names": [f"class{k}" for k in range(config.num_classes)],
             "modalities": {
                 "visual": {

@@ -13,6 +13,15 @@ Usage::
     info = generate_synthetic_dataset("outputs/synthetic", SyntheticConfig(num_videos=100))
     manifest = read_msrvtt(info["annotations"], info["videos"])
 
+Multi-label (``labels_per_video > 1``): each video shows that many class objects, plays their
+tones and names them all in its captions; MSR-VTT has one category per video, so the
+annotations are ActivityNet-format files instead (``train.json``, ``val_1.json``,
+``val_2.json`` and the ``activity_net.v1-3.min.json`` ground truth, one annotation per class)::
+
+    info = generate_synthetic_dataset("outputs/ml", SyntheticConfig(labels_per_video=2))
+    manifest = read_activitynet(info["annotations"], info["videos"],
+                                ground_truth=info["ground_truth"], task="multi_label")
+
 The output is a function of the config: decoded frames, audio samples and annotations are the
 same for the same seed (file bytes may differ in encoder metadata).
 """
@@ -85,10 +94,16 @@ class SyntheticConfig:
     audio: bool = True
     sample_rate: int = 16000
     captions_per_video: int = 5
+    # classes shown in each video; > 1: multi-label, with ActivityNet-format annotations
+    labels_per_video: int = 1
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_classes <= len(MSRVTT_CATEGORIES):
             raise ValueError(f"num_classes must be in 1..20, not {self.num_classes}")
+        if not 1 <= self.labels_per_video <= self.num_classes:
+            raise ValueError(
+                f"labels_per_video must be in 1..num_classes, not {self.labels_per_video}"
+            )
         if self.width % 2 or self.height % 2 or min(self.width, self.height) < 16:
             raise ValueError("width and height must be even and at least 16 (yuv420p)")
         if self.num_videos < 1 or self.fps < 1 or self.duration <= 0 or self.sample_rate < 8000:
@@ -200,8 +215,10 @@ def _bounce(start: float, velocity: float, times: np.ndarray, low: float, high: 
     return low + span - np.abs(span - travelled)
 
 
-def _render_frames(config: SyntheticConfig, label: int, rng: np.random.Generator) -> np.ndarray:
-    """Clean frames (T, H, W, 3) uint8: textured background, distractor, class object."""
+def _render_frames(
+    config: SyntheticConfig, labels: tuple[int, ...], rng: np.random.Generator
+) -> np.ndarray:
+    """Clean frames (T, H, W, 3) uint8: textured background, distractor, one object a class."""
     count, height, width = round(config.duration * config.fps), config.height, config.width
     times = np.arange(count, dtype=np.float32) / config.fps
     grid = rng.uniform(30, 200, (1, 4, 5, 3)).astype(np.float32)  # low-frequency colours
@@ -209,14 +226,15 @@ def _render_frames(config: SyntheticConfig, label: int, rng: np.random.Generator
     frames = np.broadcast_to(background.astype(np.float32), (count, height, width, 3)).copy()
     rows = np.arange(height, dtype=np.float32)[None, :, None]
     columns = np.arange(width, dtype=np.float32)[None, None, :]
-    shape, hue, direction, speed = _class_style(label)
     unit = min(height, width)
-    distractor = (int(rng.integers(len(_SHAPES))), rng.random(), rng.uniform(0, 2 * math.pi),
-                  rng.uniform(0.05, 0.3), unit * rng.uniform(0.05, 0.08))  # fmt: skip
-    target = (shape, (hue + rng.uniform(-0.03, 0.03)) % 1.0,
-              direction + rng.uniform(-0.25, 0.25), speed * rng.uniform(0.8, 1.2),
-              unit * rng.uniform(0.09, 0.14))  # fmt: skip
-    for shape_index, object_hue, angle, object_speed, radius in (distractor, target):
+    objects = [(int(rng.integers(len(_SHAPES))), rng.random(), rng.uniform(0, 2 * math.pi),
+                rng.uniform(0.05, 0.3), unit * rng.uniform(0.05, 0.08))]  # fmt: skip
+    for label in labels:  # the distractor first, then one object per class
+        shape, hue, direction, speed = _class_style(label)
+        objects.append((shape, (hue + rng.uniform(-0.03, 0.03)) % 1.0,
+                        direction + rng.uniform(-0.25, 0.25), speed * rng.uniform(0.8, 1.2),
+                        unit * rng.uniform(0.09, 0.14)))  # fmt: skip
+    for shape_index, object_hue, angle, object_speed, radius in objects:
         velocity = object_speed * width
         x = _bounce(rng.uniform(radius, width - radius), velocity * math.cos(angle), times,
                     radius, width - radius)  # fmt: skip
@@ -233,25 +251,31 @@ def _hsv_to_rgb(hue: float, saturation: float, value: float) -> np.ndarray:
     return value - value * saturation * np.clip(np.minimum(channel, 4 - channel), 0, 1)
 
 
-def _render_audio(config: SyntheticConfig, label: int, rng: np.random.Generator) -> np.ndarray:
-    """Mono float32 audio: two class-pitched tones, class-rate tremolo, light noise."""
+def _render_audio(
+    config: SyntheticConfig, labels: tuple[int, ...], rng: np.random.Generator
+) -> np.ndarray:
+    """Mono float32 audio: per class two class-pitched tones with a class-rate tremolo (the
+    classes' mean), light noise."""
     rate = config.sample_rate
     times = np.arange(round(config.duration * rate)) / rate
-    pitch = min(220.0 * 2 ** (label / 4), 0.3 * rate) * rng.uniform(0.99, 1.01)  # 1/4 octave
-    tremolo = 0.6 + 0.4 * np.sin(2 * math.pi * (1 + label % 4) * times + rng.uniform(0, 6.3))
-    tones = 0.3 * np.sin(2 * math.pi * pitch * times + rng.uniform(0, 6.3))
-    tones += 0.15 * np.sin(2 * math.pi * 1.5 * pitch * times + rng.uniform(0, 6.3))
-    signal = tones * tremolo + rng.normal(0, 0.02, times.shape)
+    signal = np.zeros(times.shape)
+    for label in labels:
+        pitch = min(220.0 * 2 ** (label / 4), 0.3 * rate) * rng.uniform(0.99, 1.01)  # 1/4 octave
+        tremolo = 0.6 + 0.4 * np.sin(2 * math.pi * (1 + label % 4) * times + rng.uniform(0, 6.3))
+        tones = 0.3 * np.sin(2 * math.pi * pitch * times + rng.uniform(0, 6.3))
+        tones += 0.15 * np.sin(2 * math.pi * 1.5 * pitch * times + rng.uniform(0, 6.3))
+        signal += tones * tremolo / len(labels)
+    signal += rng.normal(0, 0.02, times.shape)
     return np.clip(signal, -1, 1).astype(np.float32)
 
 
-def _captions(label: int, count: int, rng: np.random.Generator) -> list[str]:
-    """Template sentences with a class word, a subject, distractor and filler words."""
+def _captions(labels: tuple[int, ...], count: int, rng: np.random.Generator) -> list[str]:
+    """Template sentences with a word of each class, a subject, distractor and filler words."""
     captions = []
     for _ in range(count):
         template = _TEMPLATES[rng.integers(len(_TEMPLATES))]
         text = template.format(
-            word=_CLASS_WORDS[label][rng.integers(3)],
+            word=" and ".join(_CLASS_WORDS[label][rng.integers(3)] for label in labels),
             subject=_SUBJECTS[rng.integers(len(_SUBJECTS))],
             distractor=_DISTRACTORS[rng.integers(len(_DISTRACTORS))],
             filler=_FILLERS[rng.integers(len(_FILLERS))],
@@ -304,11 +328,12 @@ def _write_video(
         container.mux(sound.encode())
 
 
-def _assign_labels_and_splits(config: SyntheticConfig) -> tuple[np.ndarray, list[str]]:
+def _assign_labels_and_splits(config: SyntheticConfig) -> tuple[list[tuple], list[str]]:
     """Balanced labels and MSR-VTT splits ("train", "validate", "test") spread over classes.
 
-    Videos are ranked within their class and test, then validate, take the lowest ranks, so
-    every class reaches every split as evenly as the counts allow, even for tiny datasets.
+    Videos are ranked within their (first) class and test, then validate, take the lowest
+    ranks, so every class reaches every split as evenly as the counts allow, even for tiny
+    datasets. Multi-label videos add ``labels_per_video - 1`` other classes, drawn uniformly.
     """
     rng = np.random.default_rng([config.seed, 0])
     count = config.num_videos
@@ -323,7 +348,13 @@ def _assign_labels_and_splits(config: SyntheticConfig) -> tuple[np.ndarray, list
     splits = ["train"] * count
     for position, index in enumerate(order[: test_count + val_count]):
         splits[index] = "test" if position < test_count else "validate"
-    return labels, splits
+    extra = np.random.default_rng([config.seed, 2])  # the single-label draws stay as they were
+    video_labels = []
+    for label in labels.tolist():
+        others = [k for k in range(config.num_classes) if k != label]
+        chosen = extra.permutation(others)[: config.labels_per_video - 1].tolist()
+        video_labels.append((label, *chosen))
+    return video_labels, splits
 
 
 def generate_synthetic_dataset(
@@ -335,9 +366,13 @@ def generate_synthetic_dataset(
 ) -> dict:
     """Write ``<out>/videos/video<i>.mp4`` and MSR-VTT annotations; return where and what.
 
-    Returns ``{"videos", "annotations": [train_val json, test json], "num_videos", "splits":
-    {train, val, test counts}, "cameras": {video_id: camera name}, "labels": {video_id:
-    category}, "class_names", "audio_codec"}``. Existing files of the same names are replaced.
+    Returns ``{"videos", "dataset": "msrvtt", "annotations": [train_val json, test json],
+    "num_videos", "splits": {train, val, test counts}, "cameras": {video_id: camera name},
+    "labels": {video_id: category}, "class_names", "audio_codec"}``. Multi-label
+    (``labels_per_video > 1``): ``"dataset": "activitynet"``, ``"annotations"``: [train,
+    val_1, val_2 json], ``"ground_truth"``: the ground-truth json, ``"labels"``: {video_id:
+    sorted class indices into ``"class_names"``}, which are sorted as ``read_activitynet``
+    numbers them. Existing files of the same names are replaced.
     ``workers > 1`` renders in that many spawned processes (scripts then need the usual
     ``if __name__ == "__main__":`` guard); the output is the same for any worker count.
     """
@@ -353,13 +388,22 @@ def generate_synthetic_dataset(
     labels, splits = _assign_labels_and_splits(config)
     make = functools.partial(_make_video, config=config, cameras=cameras,
                              audio_codec=audio_codec, videos_dir=videos_dir)  # fmt: skip
-    arguments = (range(config.num_videos), labels.tolist(), splits)
+    arguments = (range(config.num_videos), labels, splits)
     if workers > 1:  # spawn, not fork: the caller may hold Ray or torch threads
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
             results = list(pool.map(make, *arguments, chunksize=4))
     else:
         results = list(map(make, *arguments))
+    summary = {
+        "videos": str(videos_dir),
+        "num_videos": config.num_videos,
+        "splits": {name: splits.count(key) for name, key in _SPLIT_NAMES.items()},
+        "cameras": {entry["video_id"]: entry["camera"] for entry, _ in results},
+        "audio_codec": audio_codec,
+    }
+    if config.labels_per_video > 1:
+        return {**summary, **_write_activitynet(annotations_dir, results, config)}
     info = {"generator": "pipeline.synthetic.videos", "seed": config.seed}
     documents = {
         part: {"info": info, "videos": [], "sentences": []} for part in ("train_val", "test")
@@ -375,20 +419,63 @@ def generate_synthetic_dataset(
     for path, document in zip(paths, documents.values(), strict=True):
         path.write_text(json.dumps(document, indent=1))
     return {
-        "videos": str(videos_dir),
+        **summary,
+        "dataset": "msrvtt",
         "annotations": [str(path) for path in paths],
-        "num_videos": config.num_videos,
-        "splits": {name: splits.count(key) for name, key in _SPLIT_NAMES.items()},
-        "cameras": {entry["video_id"]: entry["camera"] for entry, _ in results},
         "labels": {entry["video_id"]: entry["category"] for entry, _ in results},
         "class_names": list(MSRVTT_CATEGORIES[: config.num_classes]),
-        "audio_codec": audio_codec,
+    }
+
+
+def _write_activitynet(directory: Path, results: list, config: SyntheticConfig) -> dict:
+    """ActivityNet-format annotations of multi-label videos: captions files per split and the
+    ground truth (taxonomy leaves = class names, one annotation per class of a video).
+
+    ``read_activitynet`` numbers the classes by their sorted names, so the returned
+    ``class_names`` are sorted and ``labels`` index them."""
+    names = list(MSRVTT_CATEGORIES[: config.num_classes])
+    class_names = sorted(names)
+    files = {"train": "train.json", "validate": "val_1.json", "test": "val_2.json"}
+    captions: dict[str, dict] = {split: {} for split in files}
+    database, labels = {}, {}
+    for entry, sentences in results:
+        video_id, duration = entry["video_id"], entry["end time"]
+        captions[entry["split"]][video_id] = {
+            "duration": duration,
+            "timestamps": [[0.0, duration]] * len(sentences),
+            "sentences": sentences,
+        }
+        classes = [names[k] for k in entry["categories"]]
+        database[video_id] = {
+            "duration": duration,
+            "subset": {"train": "training", "validate": "validation"}.get(
+                entry["split"], "testing"
+            ),
+            "annotations": [{"label": name, "segment": [0.0, duration]} for name in classes],
+        }
+        labels[video_id] = sorted(class_names.index(name) for name in classes)
+    taxonomy = [{"nodeId": 0, "nodeName": "Root", "parentId": None, "parentName": None}]
+    taxonomy += [
+        {"nodeId": k + 1, "nodeName": name, "parentId": 0, "parentName": "Root"}
+        for k, name in enumerate(names)
+    ]
+    ground_truth = directory / "activity_net.v1-3.min.json"
+    document = {"version": "synthetic", "taxonomy": taxonomy, "database": database}
+    ground_truth.write_text(json.dumps(document, indent=1))
+    for split, name in files.items():
+        (directory / name).write_text(json.dumps(captions[split], indent=1))
+    return {
+        "dataset": "activitynet",
+        "annotations": [str(directory / name) for name in files.values()],
+        "ground_truth": str(ground_truth),
+        "labels": labels,
+        "class_names": class_names,
     }
 
 
 def _make_video(
     index: int,
-    label: int,
+    labels: tuple[int, ...],
     split: str,
     *,
     config: SyntheticConfig,
@@ -401,10 +488,12 @@ def _make_video(
     video_id = f"video{index}"
     pool = config.test_cameras if split == "test" else config.train_cameras
     camera = cameras[pool[int(rng.integers(len(pool)))]]
-    frames = apply_camera(_render_frames(config, label, rng), camera, rng)
-    audio = _render_audio(config, label, rng) if audio_codec else None
+    frames = apply_camera(_render_frames(config, labels, rng), camera, rng)
+    audio = _render_audio(config, labels, rng) if audio_codec else None
     _write_video(videos_dir / f"{video_id}.mp4", frames, audio, config)
-    entry = {"category": label, "url": f"synthetic://{camera.name}/{video_id}",
+    entry = {"category": labels[0], "url": f"synthetic://{camera.name}/{video_id}",
              "video_id": video_id, "start time": 0.0, "end time": float(config.duration),
              "split": split, "id": index, "camera": camera.name}  # fmt: skip
-    return entry, _captions(label, config.captions_per_video, rng)
+    if len(labels) > 1:  # every class of the video (the ActivityNet ground truth)
+        entry["categories"] = list(labels)
+    return entry, _captions(labels, config.captions_per_video, rng)

@@ -134,6 +134,12 @@ class ModelSettings:
     shared_dim: int = 256  # width of the shared alignment space (x_a, t_a) and of the fusion
     rho: int = 128  # width of the key part x_c, t_c
     dropout: float = 0.1  # dropout of the backbones and heads
+    context_gating: bool = False  # GRU: gate the last hidden state, y = h * sigmoid(W h + b)
+    vilt_layers: int = 2  # ViLT transformer layers (ViLT-B/32: 12)
+    vilt_heads: int = 4  # ViLT attention heads (ViLT-B/32: 12)
+    vilt_hidden: int = 128  # ViLT width, a multiple of vilt_heads (ViLT-B/32: 768)
+    vilt_intermediate: int = 256  # ViLT feed-forward width (ViLT-B/32: 3072)
+    max_positions: int = 512  # ViLT temporal position embeddings: the longest sequence read
     vilt_pretrained: str | None = None  # local from_pretrained ViLT directory (sets its size)
 
 
@@ -156,6 +162,8 @@ class OptimizationSettings:
     epochs_per_stage: int = 13  # training epochs of each multistage stage (paper: 13)
     batch_size: int = 64  # global batch, over all workers
     seed: int = 0  # seed of the initial weights, dropout and shuffling
+    # BCE positive-class weight of multi-label tasks (paper: 20-150); None: 1
+    pos_weight: float | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,8 @@ class TrainConfig:
             raise ValueError("need align_warmup >= 0 and max_failures >= -1")
         if optimization.recon_distance < 0:
             raise ValueError(f"recon_distance must be >= 0, got {optimization.recon_distance}")
+        if optimization.pos_weight is not None and optimization.pos_weight <= 0:
+            raise ValueError(f"pos_weight must be > 0, got {optimization.pos_weight}")
 
     @classmethod
     def from_flat(cls, **fields: Any) -> TrainConfig:
@@ -264,8 +274,16 @@ class TrainConfig:
 
 
 def model_config_for(config: TrainConfig, metadata: dict[str, Any]) -> CRIFConfig:
-    """The CRIFConfig of a run: the model group plus what the store says."""
+    """The CRIFConfig of a run: the model group plus what the store says.
+
+    A ``pos_weight`` (BCE only) is refused for a single-label store."""
     modality = config.semantic_modality
+    if config.optimization.pos_weight is not None and metadata["task"] != "multi_label":
+        raise ValueError(
+            f"pos_weight {config.optimization.pos_weight:g} weighs the positives of the BCE "
+            f"loss of multi_label tasks, but the store {config.features} is "
+            f"{metadata['task']!r} (cross-entropy); leave pos_weight unset"
+        )
     return CRIFConfig(
         num_classes=len(metadata["class_names"]),
         visual_dim=int(metadata["modalities"]["visual"]["dim"]),
@@ -352,17 +370,20 @@ def batch_losses(
     config: CRIFConfig,
     weights: LossWeights,
     stage: int | None = None,
+    pos_weight: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """``crif_losses`` where the semantic terms only see the rows that have a semantic input.
 
     The total is linear in its terms, so total = (visual terms, all rows) + (terms with the
-    semantic side - the same without it, on the rows that have one).
+    semantic side - the same without it, on the rows that have one). ``pos_weight`` (C,) is
+    the BCE positive-class weight of multi-label tasks (None: 1).
     """
+    options = dict(stage=stage, pos_weight=pos_weight)
     if output.t is None or has_semantic is None or bool(has_semantic.all()):
-        return crif_losses(output, labels, config, weights, stage=stage)
+        return crif_losses(output, labels, config, weights, **options)
     visual_only = _has_visual_terms(stage, config)
     zero = output.logits.sum() * 0.0
-    terms = crif_losses(_without_semantic(output), labels, config, weights, stage=stage)
+    terms = crif_losses(_without_semantic(output), labels, config, weights, **options)
     terms = terms if visual_only else {"total": zero}
     # Keep the semantic branch in the graph even with no semantic row (DDP needs every
     # parameter to receive a gradient).
@@ -372,10 +393,10 @@ def batch_losses(
     index = has_semantic.nonzero().squeeze(1)
     if index.numel():
         rows, row_labels = _select_rows(output, index), labels[index]
-        full = crif_losses(rows, row_labels, config, weights, stage=stage)
+        full = crif_losses(rows, row_labels, config, weights, **options)
         base = zero
         if visual_only:
-            base = crif_losses(_without_semantic(rows), row_labels, config, weights, stage=stage)
+            base = crif_losses(_without_semantic(rows), row_labels, config, weights, **options)
             base = base["total"]
         total = total + full["total"] - base
         terms.update({k: v for k, v in full.items() if k in SEMANTIC_TERMS})
@@ -466,6 +487,14 @@ def _optimizer(run: _Run, stage: int | None, state: dict | None):
     return optimizer, scheduler
 
 
+def _pos_weight(run: _Run) -> torch.Tensor | None:
+    """The (C,) BCE positive-class weight on the run's device; None when not set."""
+    value = run.config.optimization.pos_weight
+    if value is None:
+        return None
+    return torch.full((run.model_config.num_classes,), float(value), device=run.device)
+
+
 def _train_epoch(run: _Run, optimizer, stage: int | None, epoch: int) -> tuple[dict, int]:
     run.model.train()
     torch.manual_seed(run.config.optimization.seed + 7919 * epoch + run.rank)  # dropout, resumable
@@ -478,6 +507,7 @@ def _train_epoch(run: _Run, optimizer, stage: int | None, epoch: int) -> tuple[d
         pin_memory=run.device.type == "cuda",
     )
     weights = run.config.loss_weights(epoch)
+    pos_weight = _pos_weight(run)
     sums: dict[str, float] = defaultdict(float)
     rows = 0
     for batch in batches:
@@ -489,7 +519,9 @@ def _train_epoch(run: _Run, optimizer, stage: int | None, epoch: int) -> tuple[d
         output = _float_output(output)  # losses in float32 (bf16 forward on GPU)
         has_semantic = mask.any(dim=1) if mask is not None else None
         output, labels, has_semantic = gather_batch(output, batch["labels"], has_semantic)
-        terms = batch_losses(output, labels, has_semantic, run.model_config, weights, stage)
+        terms = batch_losses(
+            output, labels, has_semantic, run.model_config, weights, stage, pos_weight
+        )
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         optimizer.step()
@@ -755,6 +787,7 @@ def build_trainer(
     to ``default_run_config`` (Tune passes its own storage path and name).
     """
     config = config.resolved()
+    model_config_for(config, read_dataset_json(config.features))  # refused before any worker
     if datasets is None:
         store = inspect_store(config.features, config.semantic_modality)
         datasets = read_datasets(store, config.resources.materialize_below_mb)

@@ -94,6 +94,14 @@ class SyntheticConfig:
     audio: bool = True
     sample_rate: int = 16000
     captions_per_video: int = 5
+    # size of the class objects relative to the default (radius 9-14% of the shorter side)
+    object_scale: float = 1.0
+    # P(a train/val video's background is its class's own scene); test videos never are. > 0
+    # puts a shortcut in the training cameras (kitchens film cooking) that new cameras lack.
+    scene_bias: float = 0.0
+    # captions also say how big each class object is (small, medium-sized, big): privileged
+    # detail of the video's content beyond its label, as real captions have
+    describe_objects: bool = False
     # classes shown in each video; > 1: multi-label, with ActivityNet-format annotations
     labels_per_video: int = 1
 
@@ -216,12 +224,21 @@ def _bounce(start: float, velocity: float, times: np.ndarray, low: float, high: 
 
 
 def _render_frames(
-    config: SyntheticConfig, labels: tuple[int, ...], rng: np.random.Generator
+    config: SyntheticConfig,
+    labels: tuple[int, ...],
+    rng: np.random.Generator,
+    scene: int | None = None,
+    sizes: list[float] | None = None,
 ) -> np.ndarray:
-    """Clean frames (T, H, W, 3) uint8: textured background, distractor, one object a class."""
+    """Clean frames (T, H, W, 3) uint8: textured background, distractor, one object a class.
+    ``scene``: the background is that class's fixed scene (low-frequency colours of its own).
+    ``sizes`` receives each class object's radius relative to its range, in [0, 1]."""
     count, height, width = round(config.duration * config.fps), config.height, config.width
     times = np.arange(count, dtype=np.float32) / config.fps
     grid = rng.uniform(30, 200, (1, 4, 5, 3)).astype(np.float32)  # low-frequency colours
+    if scene is not None:
+        scene_rng = np.random.default_rng([config.seed, 2, scene])
+        grid = scene_rng.uniform(30, 200, (1, 4, 5, 3)).astype(np.float32)
     background = resize_float(grid, height, width)[0] + rng.normal(0, 6, (height, width, 1))
     frames = np.broadcast_to(background.astype(np.float32), (count, height, width, 3)).copy()
     rows = np.arange(height, dtype=np.float32)[None, :, None]
@@ -231,9 +248,12 @@ def _render_frames(
                 rng.uniform(0.05, 0.3), unit * rng.uniform(0.05, 0.08))]  # fmt: skip
     for label in labels:  # the distractor first, then one object per class
         shape, hue, direction, speed = _class_style(label)
-        objects.append((shape, (hue + rng.uniform(-0.03, 0.03)) % 1.0,
-                        direction + rng.uniform(-0.25, 0.25), speed * rng.uniform(0.8, 1.2),
-                        unit * rng.uniform(0.09, 0.14)))  # fmt: skip
+        hue = (hue + rng.uniform(-0.03, 0.03)) % 1.0
+        direction = direction + rng.uniform(-0.25, 0.25)
+        speed, relative = speed * rng.uniform(0.8, 1.2), rng.uniform(0.09, 0.14)
+        objects.append((shape, hue, direction, speed, unit * relative * config.object_scale))
+        if sizes is not None:
+            sizes.append((relative - 0.09) / 0.05)
     for shape_index, object_hue, angle, object_speed, radius in objects:
         velocity = object_speed * width
         x = _bounce(rng.uniform(radius, width - radius), velocity * math.cos(angle), times,
@@ -269,13 +289,29 @@ def _render_audio(
     return np.clip(signal, -1, 1).astype(np.float32)
 
 
-def _captions(labels: tuple[int, ...], count: int, rng: np.random.Generator) -> list[str]:
-    """Template sentences with a word of each class, a subject, distractor and filler words."""
+_SIZE_WORDS = ("small", "medium-sized", "big")
+
+
+def _captions(
+    labels: tuple[int, ...],
+    count: int,
+    rng: np.random.Generator,
+    sizes: list[float] | None = None,
+) -> list[str]:
+    """Template sentences with a word of each class, a subject, distractor and filler words;
+    with ``sizes``, each class word says how big its object is."""
     captions = []
+    size_words = [
+        _SIZE_WORDS[min(int(size * len(_SIZE_WORDS)), len(_SIZE_WORDS) - 1)] + " "
+        for size in (sizes if sizes is not None else [])
+    ] or [""] * len(labels)
     for _ in range(count):
         template = _TEMPLATES[rng.integers(len(_TEMPLATES))]
         text = template.format(
-            word=" and ".join(_CLASS_WORDS[label][rng.integers(3)] for label in labels),
+            word=" and ".join(
+                size + _CLASS_WORDS[label][rng.integers(3)]
+                for label, size in zip(labels, size_words, strict=True)
+            ),
             subject=_SUBJECTS[rng.integers(len(_SUBJECTS))],
             distractor=_DISTRACTORS[rng.integers(len(_DISTRACTORS))],
             filler=_FILLERS[rng.integers(len(_FILLERS))],
@@ -488,7 +524,10 @@ def _make_video(
     video_id = f"video{index}"
     pool = config.test_cameras if split == "test" else config.train_cameras
     camera = cameras[pool[int(rng.integers(len(pool)))]]
-    frames = apply_camera(_render_frames(config, labels, rng), camera, rng)
+    bias = config.scene_bias  # (no draw at 0: the default dataset is unchanged)
+    scene = labels[0] if split != "test" and bias > 0 and rng.random() < bias else None
+    sizes: list[float] = []
+    frames = apply_camera(_render_frames(config, labels, rng, scene, sizes), camera, rng)
     audio = _render_audio(config, labels, rng) if audio_codec else None
     _write_video(videos_dir / f"{video_id}.mp4", frames, audio, config)
     entry = {"category": labels[0], "url": f"synthetic://{camera.name}/{video_id}",
@@ -496,4 +535,5 @@ def _make_video(
              "split": split, "id": index, "camera": camera.name}  # fmt: skip
     if len(labels) > 1:  # every class of the video (the ActivityNet ground truth)
         entry["categories"] = list(labels)
-    return entry, _captions(labels, config.captions_per_video, rng)
+    described = sizes if config.describe_objects else None
+    return entry, _captions(labels, config.captions_per_video, rng, described)

@@ -130,6 +130,7 @@ def test_release_worker_groups_removes_the_groups_of_ended_trials(ray_session, t
 TINY = BenchmarkData(
     num_classes=4, train_cameras=2, test_cameras=1, videos_per_camera=40, clips=3, val_fraction=0.3
 )
+SMALL_MODEL = {"hidden_dim": 16, "shared_dim": 16, "rho": 8}
 SWEEP_TRAIN = {"epochs": 3, "batch_size": 8, "hidden_dim": 16, "shared_dim": 16, "rho": 8}
 SWEEP_TRAIN.update(num_workers=1, cpus_per_worker=0.25)
 # All trials learn: a higher lr than the paper's video range, small batches.
@@ -238,3 +239,38 @@ def test_sweep_killed_resumed_and_best_model_scores(ray_session, tmp_path):
     predicted = [row[0] for row in scorer(test).column("top_k_indices").to_pylist()]
     accuracy = float(np.mean(np.asarray(predicted) == np.asarray(test.column("label"))))
     assert accuracy == pytest.approx(best["splits"]["test"]["acc1"])
+
+
+# ---------------------------------------------------------------------------- from a head node
+
+
+@pytest.mark.cluster
+def test_sweep_submitted_to_a_two_cpu_head_with_no_resource_flags(tmp_path):
+    """``ray job submit --working-dir . -- python jobs/tune.py --features F --out O
+    --num-samples 8`` on a fresh 2-CPU head: no resource flag, only small-model settings."""
+    from cluster_helpers import generate_token, run_ray_cli, runtime_env_json, start_head, stop_head
+
+    store, out = tmp_path / "store", tmp_path / "sweep"
+    data = BenchmarkData(num_classes=4, train_cameras=2, test_cameras=1, videos_per_camera=4,
+                         clips=2, val_fraction=0.3)  # fmt: skip
+    generate_benchmark_store(store, data)
+    entrypoint = ["python", "jobs/tune.py", "--features", str(store), "--out", str(out)]
+    entrypoint += ["--num-samples", "8", "--set", "epochs=1"]
+    entrypoint += [f"--set={name}={width}" for name, width in SMALL_MODEL.items()]
+    head = start_head(REPO, token=generate_token(), num_cpus=2)
+    try:
+        arguments = ["job", "submit", "--address", head.dashboard_url, "--working-dir", "."]
+        arguments += ["--runtime-env-json", runtime_env_json(), "--", *entrypoint]
+        started = time.monotonic()
+        result = run_ray_cli(arguments, head.client_environment(), REPO, timeout=1500)
+        print(f"submitted sweep of 8 trials: {time.monotonic() - started:.0f} s")
+    finally:
+        stop_head(head)
+    logs = result.stdout[-4000:] + result.stderr[-2000:]
+    assert result.returncode == 0, logs
+    console = result.stdout + result.stderr
+    assert "succeeded" in console.lower(), logs
+    assert "trial resources: cluster 2 CPU;" in console and "given: none" in console, logs
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 8 and all(row["status"] != "error" for row in rows), rows
+    assert (out / "best" / "model").is_dir()

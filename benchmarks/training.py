@@ -106,7 +106,7 @@ def load_split(store, split: str):
     table = select_split(
         table,
         split=split,
-        holdout=store.holdout,
+        val_fraction=store.val_fraction,
         label_column=store.label_column,
         semantic=store.semantic,
     )
@@ -134,7 +134,7 @@ def run_plain(args) -> dict:
         torch.set_num_threads(args.threads)
     record_first_step()
     config = train_config(args, Path(args.work) / "plain-run", workers=0)
-    store = inspect_store(config.features, config.semantic_modality)
+    store = inspect_store(config.features, config.semantic_modality, config.val_fraction)
     train, val = load_split(store, "train"), load_split(store, "val")
     model_config = model_config_for(config, store.metadata)
     settings = config.optimization

@@ -2,15 +2,18 @@ r"""Search the CRIF loss weights and learning rate with Ray Tune (ASHA early sto
 
     python jobs/tune.py --features outputs/features --out outputs/tune --num-samples 16
     python jobs/tune.py --features F --out O --num-samples 8 --param lr=loguniform:1e-4:1e-2 \
-        --param beta=choice:0.5,1.0 --param gamma=0.5 --set epochs=6 --set cpus_per_worker=0.5
+        --param beta=choice:0.5,1.0 --param gamma=0.5 --set epochs=6 --set val_fraction=0.1
     python jobs/tune.py --features F --out O --space sweep.yaml   # {space: {...}, train: {...}}
     ray job submit --working-dir . -- python jobs/tune.py --features /mnt/shared/features \
         --out /mnt/shared/tune --num-samples 32 --set num_workers=2
 
-Default space (the paper's ranges): alpha_sim, alpha_align uniform in [0.1, 2.0]; beta, gamma
-in {0.1, 0.2, 0.5, 1.0}; lr log-uniform in [5e-5, 5e-3]. --param adds or replaces one entry
-(uniform:LO:HI, loguniform:LO:HI, choice:A,B, grid:A,B, or a fixed value); --set fixes a
-TrainConfig field of every trial. Re-running with the same --out resumes the sweep. Outputs:
+Default space (the paper's video setting): alpha_sim, alpha_align uniform in [0.1, 2.0]; beta,
+gamma in {0.1, 0.2, 0.5, 1.0}; lr log-uniform in [1e-6, 1e-3]; batch_size in {32, 64, 128,
+256}. Resources are sized from the cluster (one log line says how) unless --trial-cpus,
+--data-cpus, --max-concurrent-trials or --set cpus_per_worker=N give them. The objective is a
+val metric: a store without a val split needs --set val_fraction=F. --param adds or replaces
+one entry (uniform:LO:HI, loguniform:LO:HI, choice:A,B, grid:A,B, or a fixed value); --set
+fixes a TrainConfig field of every trial. Re-running with the same --out resumes the sweep. Outputs:
 OUT/best/model + metrics.json (score with jobs/score.py --model OUT), OUT/results.{csv,md},
 OUT/plots/*.png, OUT/summary.json.
 """

@@ -55,6 +55,7 @@ __all__ = [
     "read_failures",
     "read_store",
     "sequence_to_numpy",
+    "split_sizes",
     "store_schema",
     "validate_store",
     "write_dataset_json",
@@ -78,6 +79,12 @@ SEQUENCE = pa.list_(pa.list_(pa.float32()))
 
 class StoreError(ValueError):
     """A feature store does not follow the contract; the message says where and how."""
+
+
+def split_sizes(counts: dict[str, int]) -> str:
+    """``split sizes: train N, val N, test N`` (other split names after them)."""
+    names = [*SPLITS, *sorted(set(counts) - set(SPLITS))]
+    return "split sizes: " + ", ".join(f"{name} {counts.get(name, 0)}" for name in names)
 
 
 def store_schema(task: str) -> pa.Schema:

@@ -10,7 +10,6 @@ import torch
 
 from pipeline import store
 from pipeline.train.data import (
-    HOLDOUT_BUCKETS,
     PaddedBatchCollate,
     build_datasets,
     inspect_store,
@@ -97,16 +96,50 @@ def test_holdout_is_deterministic_and_independent_of_row_order():
     table = pa.Table.from_pylist(
         _rows(200, splits=("train",)), schema=store.store_schema("single_label")
     )
-    kwargs = dict(holdout=True, label_column="label", semantic=None)
+    kwargs = dict(val_fraction=0.1, label_column="label", semantic=None)
     val = select_split(table, split="val", **kwargs)
     shuffled = table.take(np.random.default_rng(0).permutation(table.num_rows))
     again = select_split(shuffled, split="val", **kwargs)
     assert sorted(val.column("video_id").to_pylist()) == sorted(
         again.column("video_id").to_pylist()
     )
-    assert 0 < val.num_rows < 200 / HOLDOUT_BUCKETS * 2
+    assert 0 < val.num_rows < 200 * 0.1 * 2
     train = select_split(table, split="train", **kwargs)
     assert train.num_rows + val.num_rows == 200
+    larger = select_split(table, split="val", **{**kwargs, "val_fraction": 0.3})
+    assert set(val.column("video_id").to_pylist()) < set(larger.column("video_id").to_pylist())
+
+
+def test_no_val_split_means_no_hold_out_unless_asked(tmp_path):
+    """The paper's MSR-VTT split (train and test only) trains on every train video; a
+    hold-out is val_fraction's, counted in the split sizes; a store's own val refuses one."""
+    store.write_dataset_json(tmp_path, _metadata())
+    schema = store.store_schema("single_label")
+    rows = _rows(100, splits=("train", "train", "test", "train"))
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "part-0.parquet")
+    plain = inspect_store(tmp_path, None)
+    assert plain.split_counts == {"train": 75, "val": 0, "test": 25}
+    assert plain.val_fraction == 0.0 and not plain.holdout
+    table = pq.read_table(tmp_path / "part-0.parquet")
+    train = select_split(table, split="train", label_column="label", semantic=None)
+    assert train.num_rows == 75  # all of them
+    held = inspect_store(tmp_path, None, val_fraction=0.2)
+    assert held.holdout and held.stored_counts == {"train": 75, "test": 25}
+    val = select_split(table, split="val", label_column="label", semantic=None, val_fraction=0.2)
+    assert held.split_counts == {"train": 75 - val.num_rows, "val": val.num_rows, "test": 25}
+    assert 0 < val.num_rows < 75 and set(val.column("video_id").to_pylist()) <= {
+        row["video_id"] for row in rows if row["split"] == "train"
+    }
+    assert store.split_sizes(held.split_counts) == (
+        f"split sizes: train {75 - val.num_rows}, val {val.num_rows}, test 25"
+    )
+    with_val = tmp_path / "with-val"
+    store.write_dataset_json(with_val, _metadata())
+    pq.write_table(pa.Table.from_pylist(_rows(9), schema=schema), with_val / "part-0.parquet")
+    with pytest.raises(ValueError, match="has a val split"):
+        inspect_store(with_val, None, val_fraction=0.1)
+    with pytest.raises(ValueError, match="val_fraction"):
+        inspect_store(tmp_path, None, val_fraction=1.0)
 
 
 def test_select_split_drops_rows_without_visual_and_adds_missing_semantic():
@@ -115,7 +148,7 @@ def test_select_split_drops_rows_without_visual_and_adds_missing_semantic():
     table = pa.Table.from_pylist(rows, schema=store.store_schema("single_label")).drop_columns(
         ["text"]
     )
-    out = select_split(table, split="train", holdout=False, label_column="label", semantic="text")
+    out = select_split(table, split="train", label_column="label", semantic="text")
     assert out.num_rows == 5 and out.column_names == ["video_id", "label", "visual", "semantic"]
     assert out.column("semantic").null_count == 5
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -65,10 +66,14 @@ def test_synthetic_store_follows_the_contract(synthetic_store):
         assert counts["ok"] == 8 and counts["failed"] == 0, modality
 
 
-def test_rerun_adds_nothing(synthetic_store):
+def test_rerun_adds_nothing(synthetic_store, caplog):
     out, config, _ = synthetic_store
     before = store.read_store(out).sort_by("video_id")
-    summary = extract_features(config)
+    with caplog.at_level(logging.INFO, logger="pipeline.extract.job"):
+        summary = extract_features(config)
+    splits = before.column("split").to_pylist()
+    sizes = store.split_sizes({name: splits.count(name) for name in set(splits)})
+    assert f"msrvtt (official splits): {sizes}" in caplog.text  # the plan's split sizes
     for counts in summary["modalities"].values():
         assert counts == {**counts, "ok": 0, "failed": 0, "skipped": 8}
     after = store.read_store(out).sort_by("video_id")

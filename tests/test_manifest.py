@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -296,6 +297,30 @@ def test_activitynet_labels_splits_and_unknown(activitynet):
     assert rows["v_ccc"].captions == ("v_ccc first.", "v_ccc second.")
     assert rows["v_ccc"].segments == ((0.0, 5.0), (4.0, 12.5)) and rows["v_ccc"].duration == 30.0
     assert manifest.task == "single_label"
+
+
+def test_activitynet_split_schemes_and_logged_sizes(activitynet, caplog):
+    """official: train / val_1 / val_2 as train / val / test; paper: both val files are test.
+    Each file's videos, where they go and val_2's overlap with val_1 are logged."""
+    files, videos, ground_truth = activitynet
+    with caplog.at_level(logging.INFO, logger="pipeline.ingest.manifest"):
+        with pytest.warns(UserWarning):
+            official = read_activitynet(files, str(videos), ground_truth=ground_truth)
+    assert official.split_counts() == {"train": 2, "val": 2, "test": 1}
+    assert "val_2.json: 3 videos -> test, 1 of them already in val_1 (kept there)" in caplog.text
+    assert "val_1.json: 3 videos -> val" in caplog.text
+    assert "train.json: 2 videos -> train" in caplog.text
+    with pytest.warns(UserWarning):
+        paper = read_activitynet(
+            files, str(videos), ground_truth=ground_truth, split_scheme="paper"
+        )
+    splits = {row.video_id: row.split for row in paper.rows}
+    assert splits == {"v_aaa": "train", "v_bbb": "train", "v_ccc": "test", "v_eee": "test",
+                      "v_ddd": "test"}  # fmt: skip
+    assert paper.split_counts() == {"train": 2, "val": 0, "test": 3}
+    assert paper.split_counts(limit=3) == {"train": 2, "val": 0, "test": 1}
+    with pytest.raises(ValueError, match="split_scheme"):
+        read_activitynet(files, str(videos), ground_truth=ground_truth, split_scheme="x")
 
 
 def test_activitynet_multi_label_task(activitynet):

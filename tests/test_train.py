@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,12 @@ SMALL = dict(hidden_dim=16, shared_dim=16, rho=8, batch_size=8, lr=1e-2, cpus_pe
 SMALL["strategy"] = "end2end"  # the tests count epochs; multistage ones say so
 
 
-def write_store(root: Path, task: str = "single_label", videos: int = 90, seed: int = 0) -> Path:
+SPLITS = ("train", "train", "train", "val", "test")
+
+
+def write_store(
+    root: Path, task: str = "single_label", videos: int = 90, seed: int = 0, splits=SPLITS
+) -> Path:
     """An easy store in 3 files: class-dependent visual means, text null in every 3rd row,
     one file without a text column at all, an extra column, shuffled rows."""
     rng = np.random.default_rng(seed)
@@ -63,7 +69,7 @@ def write_store(root: Path, task: str = "single_label", videos: int = 90, seed: 
         text = np.eye(8, dtype=np.float32)[[label, label + 4]] + 0.1 * rng.standard_normal((2, 8))
         row = {
             "video_id": f"video{index:03d}",
-            "split": ("train", "train", "train", "val", "test")[index % 5],
+            "split": splits[index % len(splits)],
             "visual": (means[label] + 0.5 * rng.standard_normal((2 + index % 3, 1024))).tolist(),
             "text": None if index % 3 == 0 else text.astype(np.float32).tolist(),
             "audio": None,
@@ -117,6 +123,38 @@ def test_metrics_json_contract(local_run):
     assert document["splits"]["train"]["acc1"] >= 0.9  # an easy store: it did learn
     assert (Path(config.out) / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert summary["metrics"] == document
+
+
+@pytest.mark.slow
+def test_no_val_split_trains_on_every_train_video_unless_val_fraction(
+    tmp_path, ray_session, caplog
+):
+    """A store with train and test only (MSR-VTT's paper split): every train video trains and
+    there is no val metric; val_fraction is the explicit hold-out, recorded in metrics.json.
+    A batch larger than the train split is one batch of all its rows."""
+    features = write_store(tmp_path / "store", splits=("train", "train", "train", "train", "test"))
+    runs = {}
+    for val_fraction in (0.0, 0.25):
+        config = TrainConfig.from_flat(
+            features=str(features), out=str(tmp_path / f"run-{val_fraction}"), epochs=1,
+            num_workers=0, val_fraction=val_fraction, **{**SMALL, "batch_size": 256},
+        )  # fmt: skip
+        with caplog.at_level(logging.INFO, logger="pipeline.train.trainer"):
+            runs[val_fraction] = run_training(config)["metrics"]
+    plain, held = runs[0.0], runs[0.25]
+    assert set(plain["splits"]) == {"train", "test"} and plain["history"][0]["val"] == {}
+    assert plain["data"]["split_counts"] == {"train": 72, "val": 0, "test": 18}
+    assert plain["data"]["rows_scored"]["train"] == 72 == plain["history"][0]["rows"]
+    assert plain["data"]["val_fraction"] == 0.0 and not plain["data"]["val_held_out_from_train"]
+    assert "split sizes: train 72, val 0, test 18 (no val split" in caplog.text
+    counts = held["data"]["split_counts"]
+    assert set(held["splits"]) == {"train", "val", "test"} and 0 < counts["val"] < 72
+    assert counts["train"] + counts["val"] == 72 and held["history"][0]["rows"] == counts["train"]
+    assert held["data"]["val_fraction"] == 0.25 and held["data"]["val_held_out_from_train"]
+    assert held["data"]["rows_scored"]["val"] == counts["val"]
+    assert f"split sizes: train {counts['train']}, val {counts['val']}, test 18 (val: 0.25" in (
+        caplog.text
+    )
 
 
 def test_exported_checkpoint_scores_like_metrics_json(local_run):

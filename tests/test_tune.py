@@ -3,6 +3,7 @@ killed, cleaned up, resumed with Tuner.restore and exported for scoring."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -34,15 +35,7 @@ def test_parse_param_forms():
         tuning.parse_param("lr")
 
 
-def test_default_space_is_the_papers_ranges():
-    space = tuning.search_space(tuning.DEFAULT_SPACE)
-    assert set(space) == {"alpha_sim", "alpha_align", "beta", "gamma", "lr"}
-    for _ in range(50):
-        assert 0.1 <= space["alpha_sim"].sample() <= 2.0
-        assert 0.1 <= space["alpha_align"].sample() <= 2.0
-        assert space["beta"].sample() in (0.1, 0.2, 0.5, 1.0)
-        assert space["gamma"].sample() in (0.1, 0.2, 0.5, 1.0)
-        assert 5e-5 <= space["lr"].sample() <= 5e-3
+def test_search_space_fixed_values_and_refusals():
     assert tuning.search_space({"gamma": 0.5, "beta": {"grid": [0.1, 1.0]}})["gamma"] == 0.5
     with pytest.raises(ValueError, match="not a TrainConfig field"):
         tuning.search_space({"momentum": {"uniform": [0, 1]}})
@@ -137,10 +130,12 @@ def test_release_worker_groups_removes_the_groups_of_ended_trials(ray_session, t
 TINY = BenchmarkData(
     num_classes=4, train_cameras=2, test_cameras=1, videos_per_camera=40, clips=3, val_fraction=0.3
 )
+SMALL_MODEL = {"hidden_dim": 16, "shared_dim": 16, "rho": 8}
 SWEEP_TRAIN = {"epochs": 3, "batch_size": 8, "hidden_dim": 16, "shared_dim": 16, "rho": 8}
 SWEEP_TRAIN["strategy"] = "end2end"  # ASHA's rungs count epochs
 SWEEP_TRAIN.update(num_workers=1, cpus_per_worker=0.25)
-SWEEP_SPACE = {**tuning.DEFAULT_SPACE, "lr": {"loguniform": [1e-3, 1e-2]}}  # all trials learn
+# All trials learn: a higher lr than the paper's video range, small batches.
+SWEEP_SPACE = {**tuning.DEFAULT_SPACE, "lr": {"loguniform": [1e-3, 1e-2]}, "batch_size": 8}
 
 
 def _wait_until_released(ray, timeout: float = 120.0, allowed: set[str] = frozenset()) -> None:
@@ -168,11 +163,33 @@ def _start_driver(ray, store: str, out: Path, log: Path) -> subprocess.Popen:
     arguments += ["--out", str(out), "--num-samples", "8", "--trial-cpus", "0.25"]
     arguments += ["--address", ray.get_runtime_context().gcs_address]
     arguments += [f"--set={key}={value}" for key, value in SWEEP_TRAIN.items()]
-    arguments += ["--param=lr=loguniform:1e-3:1e-2"]
+    arguments += ["--param=lr=loguniform:1e-3:1e-2", "--param=batch_size=8"]
     with open(log, "w") as handle:
         return subprocess.Popen(
             arguments, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
         )
+
+
+@pytest.mark.slow
+def test_sweep_with_no_resource_settings_runs_on_two_cpus(ray_session, tmp_path):
+    """The default flags on the session's 2-CPU Ray: resources sized from the cluster, the
+    paper's space (batch sizes 32..256, all larger than this store's train split)."""
+    store = tmp_path / "store"
+    data = BenchmarkData(num_classes=4, train_cameras=2, test_cameras=1, videos_per_camera=4,
+                         clips=2, val_fraction=0.3)  # fmt: skip
+    generate_benchmark_store(store, data)
+    train = {"epochs_per_stage": 1, "hidden_dim": 16, "shared_dim": 16, "rho": 8}
+    config = tuning.SweepConfig(features=str(store), out=str(tmp_path / "sweep"), num_samples=2,
+                                train=train)  # fmt: skip
+    summary = tuning.run_sweep(config)
+    sized = summary["resources"]
+    assert (sized["data_cpus"], sized["trial_cpus"], sized["cpus_per_worker"]) == (1, 0.25, 0.75)
+    assert summary["max_concurrent_trials"] == 1 and summary["trials"] == 2
+    assert "error" not in summary["status"], summary["status"]
+    rows = list(csv.DictReader((tmp_path / "sweep" / "results.csv").open()))
+    assert len(rows) == 2 and {int(row["batch_size"]) for row in rows} <= {32, 64, 128, 256}
+    assert all(1e-6 <= float(row["lr"]) <= 1e-3 for row in rows)
+    _wait_until_released(ray_session)
 
 
 @pytest.mark.slow
@@ -223,3 +240,38 @@ def test_sweep_killed_resumed_and_best_model_scores(ray_session, tmp_path):
     predicted = [row[0] for row in scorer(test).column("top_k_indices").to_pylist()]
     accuracy = float(np.mean(np.asarray(predicted) == np.asarray(test.column("label"))))
     assert accuracy == pytest.approx(best["splits"]["test"]["acc1"])
+
+
+# ---------------------------------------------------------------------------- from a head node
+
+
+@pytest.mark.cluster
+def test_sweep_submitted_to_a_two_cpu_head_with_no_resource_flags(tmp_path):
+    """``ray job submit --working-dir . -- python jobs/tune.py --features F --out O
+    --num-samples 8`` on a fresh 2-CPU head: no resource flag, only small-model settings."""
+    from cluster_helpers import generate_token, run_ray_cli, runtime_env_json, start_head, stop_head
+
+    store, out = tmp_path / "store", tmp_path / "sweep"
+    data = BenchmarkData(num_classes=4, train_cameras=2, test_cameras=1, videos_per_camera=4,
+                         clips=2, val_fraction=0.3)  # fmt: skip
+    generate_benchmark_store(store, data)
+    entrypoint = ["python", "jobs/tune.py", "--features", str(store), "--out", str(out)]
+    entrypoint += ["--num-samples", "8", "--set", "epochs_per_stage=1"]
+    entrypoint += [f"--set={name}={width}" for name, width in SMALL_MODEL.items()]
+    head = start_head(REPO, token=generate_token(), num_cpus=2)
+    try:
+        arguments = ["job", "submit", "--address", head.dashboard_url, "--working-dir", "."]
+        arguments += ["--runtime-env-json", runtime_env_json(), "--", *entrypoint]
+        started = time.monotonic()
+        result = run_ray_cli(arguments, head.client_environment(), REPO, timeout=1500)
+        print(f"submitted sweep of 8 trials: {time.monotonic() - started:.0f} s")
+    finally:
+        stop_head(head)
+    logs = result.stdout[-4000:] + result.stderr[-2000:]
+    assert result.returncode == 0, logs
+    console = result.stdout + result.stderr
+    assert "succeeded" in console.lower(), logs
+    assert "trial resources: cluster 2 CPU;" in console and "given: none" in console, logs
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 8 and all(row["status"] != "error" for row in rows), rows
+    assert (out / "best" / "model").is_dir()

@@ -80,7 +80,9 @@ class ExtractConfig:
     annotations: tuple[str, ...] = field(default=(), metadata={"required": True})
     out: str = field(default="", metadata={"required": True})  # feature store directory
     ground_truth: str | None = None  # ActivityNet: activity_net.v1-3.min.json (the labels)
-    split_scheme: SplitScheme = "official"  # MSR-VTT: official train/val/test; paper: train+val
+    # official train/val/test, or the paper's train and test (MSR-VTT: val joins train;
+    # ActivityNet: val_1 and val_2 are test)
+    split_scheme: SplitScheme = "official"
     task: Task = "single_label"  # ActivityNet: majority label, or every label of a video
     name: str | None = None  # store name written to dataset.json (default: the dataset's)
     # modalities to extract, a comma list of visual, text, audio
@@ -177,6 +179,8 @@ def extract_features(config: ExtractConfig, extractors: dict | None = None) -> d
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = manifest.rows[: config.limit] if config.limit else list(manifest.rows)
+    sizes = store.split_sizes(manifest.split_counts(config.limit))
+    logger.info(f"[extract] {manifest.name} ({config.split_scheme} splits): {sizes}")
     use_gpu = (
         ray.cluster_resources().get("GPU", 0) > 0 if config.use_gpu is None else config.use_gpu
     )
@@ -220,7 +224,11 @@ def _read_manifest(config: ExtractConfig):
     if not config.ground_truth:
         raise ValueError("activitynet needs --ground-truth activity_net.v1-3.min.json")
     return manifest.read_activitynet(
-        config.annotations, config.videos, ground_truth=config.ground_truth, task=config.task
+        config.annotations,
+        config.videos,
+        ground_truth=config.ground_truth,
+        task=config.task,
+        split_scheme=config.split_scheme,
     )
 
 

@@ -24,6 +24,7 @@ and are re-exported here.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -67,9 +68,11 @@ MSRVTT_CATEGORIES: tuple[str, ...] = (
     "cooking", "beauty/fashion", "advertisement",
 )  # fmt: skip
 _MSRVTT_SPLITS = {"train": "train", "validate": "val", "val": "val", "test": "test"}
-# MSR-VTT: "official" train/val/test; "paper" merges val into train (the CRIF paper's split).
+# "official": the datasets' own train/val/test. "paper": the CRIF paper's train and test only
+# (MSR-VTT: validate joins train, 7010/2990; ActivityNet: val_1 and val_2 are the test split).
 SplitScheme = Literal["official", "paper"]
 SPLIT_SCHEMES = get_args(SplitScheme)
+logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------ JSON helpers
@@ -261,27 +264,37 @@ def _activitynet_entry(video_key: str, entry: Any, path: str | Path) -> tuple:
     return tuple(str(sentence).strip() for sentence in sentences), segments, duration
 
 
-def _activitynet_entries(annotations: Sequence[str | Path]) -> Iterator[tuple[str, tuple]]:
-    """(video key, (split, captions, segments, duration)) over all caption files, val_1 first."""
+def _activitynet_entries(
+    annotations: Sequence[str | Path], split_scheme: str = "official"
+) -> Iterator[tuple[str, tuple]]:
+    """(video key, (split, captions, segments, duration)) over all caption files, val_1 first.
+
+    Logs each file's videos and the split they go to (and how many of val_2's are val_1's)."""
     order = {"train": 0, "val": 1, "test": 2}  # val_1 is read before val_2 whatever the order
     files = sorted(_as_list(annotations), key=lambda path: order[_activitynet_split(path)])
     seen: dict[str, tuple[str | Path, str]] = {}
     for path in files:
         split = _activitynet_split(path)
+        if split_scheme == "paper" and split == "val":
+            split = "test"  # the paper tests on the validation videos (val_1 and val_2)
         document = _load_json(path, "ActivityNet Captions file")
         if not isinstance(document, dict):
             raise ManifestError(f"{path}: top level: expected an object of videos")
+        repeated = 0
         for video_key, entry in document.items():
             fields = _activitynet_entry(video_key, entry, path)
             if video_key in seen:
                 first_file, first_split = seen[video_key]
-                if {first_split, split} == {"val", "test"}:
+                if first_split != "train" and split != "train":
+                    repeated += 1
                     continue  # in val_1 and val_2: the val_1 assignment wins
                 raise ManifestError(
                     f"{path}: entry {video_key!r}: duplicate video_id (first in {first_file})"
                 )
             seen[video_key] = (path, split)
             yield video_key, (split, *fields)
+        also = f", {repeated} of them already in val_1 (kept there)" if repeated else ""
+        logger.info(f"ActivityNet {Path(str(path)).name}: {len(document)} videos -> {split}{also}")
 
 
 def read_activitynet(
@@ -290,20 +303,26 @@ def read_activitynet(
     *,
     ground_truth: str | Path,
     task: str = "single_label",
+    split_scheme: str = "official",
 ) -> Manifest:
     """Read ActivityNet Captions files, labelled by joining the ActivityNet v1.3 ground truth.
 
-    ``train.json`` -> train, ``val_1.json`` -> val, ``val_2.json`` -> test; a video in both
-    val files keeps its val_1 entry. Ids absent from the ground truth (or without annotations)
-    are excluded from the rows but listed in ``Manifest.unknown`` with a warning.
+    ``split_scheme`` "official": ``train.json`` -> train, ``val_1.json`` -> val,
+    ``val_2.json`` -> test; "paper": train, and both val files -> test (the paper's 10,009
+    training and 4,515 testing videos). A video in both val files keeps its val_1 entry (the
+    log says how many). Ids absent from the ground truth (or without annotations) are excluded
+    from the rows but listed in ``Manifest.unknown`` with a warning.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, not {task!r}")
+    if split_scheme not in SPLIT_SCHEMES:
+        raise ValueError(f"split_scheme must be one of {SPLIT_SCHEMES}, not {split_scheme!r}")
     database, class_names = _read_ground_truth(ground_truth)
     class_index = {name: index for index, name in enumerate(class_names)}
     found = find_videos(videos)
     rows, missing, unknown = [], [], []
-    for video_key, (split, captions, segments, duration) in _activitynet_entries(annotations):
+    entries = _activitynet_entries(annotations, split_scheme)
+    for video_key, (split, captions, segments, duration) in entries:
         bare_id = video_key.removeprefix("v_")
         record = database.get(bare_id)
         label, labels = (None, ())

@@ -61,6 +61,14 @@ class Manifest:
     unknown: list[str] = field(default_factory=list)  # ids without ground truth (excluded)
     skipped: int = 0  # non-video entries of a folder, list or archive
 
+    def split_counts(self, limit: int | None = None) -> dict[str, int]:
+        """Videos per split (of the first ``limit`` rows): train, val, test, then any other."""
+        rows = self.rows[:limit] if limit else self.rows
+        counts = {name: 0 for name in ("train", "val", "test")}
+        for row in rows:
+            counts[row.split] = counts.get(row.split, 0) + 1
+        return counts
+
     def found(self) -> list[ManifestRow]:
         """Rows whose file exists."""
         return [row for row in self.rows if row.path is not None]

@@ -6,9 +6,11 @@ that lack the semantic column altogether, and null cells.
 
 - ``inspect_store`` reads ``dataset.json`` and only the ``split`` column of every file
   (cheap), so the job knows the split sizes before Ray Data runs anything.
-- ``build_datasets`` returns one Ray Dataset per split ("train", "val", "test"). When the
-  store has no ``val`` rows, a deterministic 10% of ``train`` (by a CRC32 of ``video_id``,
-  independent of file layout and row order) becomes ``val``; ``StoreSplits.holdout`` says so.
+- ``build_datasets`` returns one Ray Dataset per split ("train", "val", "test"). A store
+  without ``val`` rows trains on all its ``train`` rows and has no val metric, unless the run
+  asks for a hold-out: ``val_fraction`` of ``train`` (by a CRC32 of ``video_id``, independent
+  of file layout and row order) becomes ``val``. It is never silent: the split sizes are
+  logged, and a store that has a val split refuses a ``val_fraction``.
 - ``read_datasets`` is ``build_datasets`` read into the object store once
   (``Dataset.materialize``) when the store is small: every epoch then iterates blocks in
   memory instead of re-running the Parquet reads, whose task start-up dominates small runs.
@@ -40,10 +42,10 @@ from ray.data.collate_fn import ArrowBatchCollateFn
 from pipeline.store import StoreError, list_parquet_files, read_dataset_json
 
 __all__ = [
-    "HOLDOUT_BUCKETS",
     "PaddedBatchCollate",
     "StoreSplits",
     "build_datasets",
+    "holdout_mask",
     "inspect_store",
     "pad_sequences",
     "read_datasets",
@@ -51,8 +53,7 @@ __all__ = [
     "store_bytes",
 ]
 
-# One video in HOLDOUT_BUCKETS of train becomes val when the store has no val split.
-HOLDOUT_BUCKETS = 10
+HOLDOUT_SCALE = 2**32  # CRC32 range: a video is held out when crc32 < fraction * scale
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,16 @@ class StoreSplits:
     root: str
     metadata: dict[str, Any]
     files: tuple[str, ...]
-    split_counts: dict[str, int]
-    holdout: bool
+    split_counts: dict[str, int]  # rows per split as trained (after the val hold-out)
     semantic: str | None
     files_without_semantic: tuple[str, ...] = field(default=())
+    val_fraction: float = 0.0  # of the train videos held out as val (stores without val)
+    stored_counts: dict[str, int] = field(default_factory=dict)  # rows per split in the files
+
+    @property
+    def holdout(self) -> bool:
+        """Whether val is held out of train (``val_fraction`` > 0)."""
+        return self.val_fraction > 0
 
     @property
     def task(self) -> str:
@@ -90,8 +97,13 @@ class StoreSplits:
         return int(self.metadata["modalities"][self.semantic]["dim"])
 
 
-def inspect_store(root: str | Path, semantic: str | None) -> StoreSplits:
-    """Metadata, files and split sizes of a store; ``semantic`` None trains visual-only."""
+def inspect_store(root: str | Path, semantic: str | None, val_fraction: float = 0.0) -> StoreSplits:
+    """Metadata, files and split sizes of a store; ``semantic`` None trains visual-only.
+
+    ``val_fraction`` > 0 holds that fraction of the train videos out as val; only for a store
+    without val rows (one that has them is refused: its val split is the one to use)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     metadata = read_dataset_json(root)
     if "visual" not in metadata["modalities"]:
         raise StoreError(f"{root}: dataset.json declares no visual modality")
@@ -103,7 +115,8 @@ def inspect_store(root: str | Path, semantic: str | None) -> StoreSplits:
     files = list_parquet_files(root)
     if not files:
         raise StoreError(f"{root}: no .parquet files")
-    counts: Counter[str] = Counter()
+    stored: Counter[str] = Counter()
+    held = 0
     missing = []
     for path in files:
         names = pq.read_schema(path).names
@@ -112,34 +125,53 @@ def inspect_store(root: str | Path, semantic: str | None) -> StoreSplits:
                 raise StoreError(f"{path}: missing column {column!r}")
         if semantic is not None and semantic not in names:
             missing.append(path)
-        counts.update(pq.read_table(path, columns=["split"]).column("split").to_pylist())
-    if counts["train"] == 0:
+        table = pq.read_table(path, columns=["video_id", "split"] if val_fraction else ["split"])
+        splits = table.column("split").to_pylist()
+        stored.update(splits)
+        if val_fraction:
+            train = np.asarray(splits, dtype=object) == "train"
+            held += int((holdout_mask(table.column("video_id"), val_fraction) & train).sum())
+    if stored["train"] == 0:
         raise StoreError(f"{root}: no rows with split 'train'")
-    holdout = counts["val"] == 0
+    if val_fraction and stored["val"]:
+        raise ValueError(
+            f"{root} has a val split ({stored['val']} rows): val_fraction (a hold-out of train "
+            "videos) is for stores without one; leave it at 0 to use the store's val split"
+        )
+    counts = {name: stored[name] for name in ("train", "val", "test")}
+    counts.update(train=counts["train"] - held, val=counts["val"] + held)
     return StoreSplits(
         root=str(root),
         metadata=metadata,
         files=tuple(files),
-        split_counts={name: counts[name] for name in ("train", "val", "test")},
-        holdout=holdout,
+        split_counts=counts,
         semantic=semantic,
         files_without_semantic=tuple(missing),
+        val_fraction=float(val_fraction),
+        stored_counts=dict(stored),
     )
 
 
-def _holdout_mask(video_ids: pa.Array) -> np.ndarray:
+def holdout_mask(video_ids: pa.Array | pa.ChunkedArray, val_fraction: float) -> np.ndarray:
+    """The videos held out as val: ``crc32(video_id) < val_fraction * 2**32``, for any layout."""
     # CRC32 is stable across processes and Python versions (unlike hash()).
-    buckets = [zlib.crc32(str(v).encode()) % HOLDOUT_BUCKETS for v in video_ids.to_pylist()]
-    return np.asarray(buckets) == 0
+    hashes = [zlib.crc32(str(v).encode()) for v in video_ids.to_pylist()]
+    return np.asarray(hashes, dtype=np.int64) < val_fraction * HOLDOUT_SCALE
 
 
 def select_split(
-    batch: pa.Table, *, split: str, holdout: bool, label_column: str, semantic: str | None
+    batch: pa.Table,
+    *,
+    split: str,
+    label_column: str,
+    semantic: str | None,
+    val_fraction: float = 0.0,
 ) -> pa.Table:
-    """Rows of ``split`` (after the val hold-out) that have visual features and a label."""
+    """Rows of ``split`` (after the val hold-out of ``val_fraction`` of train) that have
+    visual features and a label."""
     stored = batch.column("split").to_numpy(zero_copy_only=False).astype(str)
-    if holdout:
-        held = _holdout_mask(batch.column("video_id")) & (stored == "train")
+    if val_fraction:
+        held = holdout_mask(batch.column("video_id"), val_fraction) & (stored == "train")
         stored = np.where(held, "val", stored)
     keep = stored == split
     keep &= batch.column("visual").is_valid().to_numpy(zero_copy_only=False)
@@ -179,7 +211,7 @@ def build_datasets(splits: StoreSplits) -> dict[str, Any]:
                     batch_size=None,
                     fn_kwargs=dict(
                         split=split,
-                        holdout=splits.holdout,
+                        val_fraction=splits.val_fraction,
                         label_column=label,
                         semantic=splits.semantic,
                     ),

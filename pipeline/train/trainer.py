@@ -85,7 +85,7 @@ from pipeline.crif.model import (
     multistage_stages,
     training_stages,
 )
-from pipeline.store import read_dataset_json
+from pipeline.store import read_dataset_json, split_sizes
 from pipeline.train.data import PaddedBatchCollate, StoreSplits, inspect_store, read_datasets
 
 __all__ = [
@@ -102,6 +102,7 @@ __all__ = [
     "metrics_document",
     "model_config_for",
     "run_training",
+    "split_description",
     "stage_plan",
     "train_loop",
 ]
@@ -189,6 +190,8 @@ class TrainConfig:
     features: str  # feature store directory (or URI)
     out: str  # RUN_DIR: checkpoints, model/, metrics.json, learning_curves.png
     semantic: SemanticModality = "text"  # privileged modality (unused by the baseline)
+    # of the train videos held out as val, for a store without a val split (0: no hold-out)
+    val_fraction: float = 0.0
     model: ModelSettings = field(default_factory=ModelSettings, metadata={"group": True})
     optimization: OptimizationSettings = field(
         default_factory=OptimizationSettings, metadata={"group": True}
@@ -210,6 +213,8 @@ class TrainConfig:
             raise ValueError(f"recon_distance must be >= 0, got {optimization.recon_distance}")
         if optimization.pos_weight is not None and optimization.pos_weight <= 0:
             raise ValueError(f"pos_weight must be > 0, got {optimization.pos_weight}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
     @classmethod
     def from_flat(cls, **fields: Any) -> TrainConfig:
@@ -739,6 +744,16 @@ def _progress_line(entry: dict[str, Any], epochs: int) -> str:
     )
 
 
+def split_description(store: StoreSplits) -> str:
+    """``split sizes: train N, val N, test N`` and where val comes from (or that it is absent)."""
+    line = split_sizes(store.split_counts)
+    if store.val_fraction:
+        return f"{line} (val: {store.val_fraction:g} of the store's train videos held out)"
+    if not store.split_counts["val"]:
+        return f"{line} (no val split: no val metric; val_fraction holds out train videos)"
+    return line
+
+
 def metrics_document(
     config: TrainConfig, final: dict[str, Any], store: StoreSplits
 ) -> dict[str, Any]:
@@ -751,9 +766,10 @@ def metrics_document(
         "model_config": model_config_for(config, store.metadata).to_dict(),
         "data": {
             "features": str(config.features),
-            "split_counts": store.split_counts,
+            "split_counts": store.split_counts,  # as trained: after the val hold-out
             "rows_scored": final["rows"],
-            "val_held_out_from_train": store.holdout,
+            "val_fraction": store.val_fraction,
+            "val_held_out_from_train": store.holdout,  # older readers: val_fraction > 0
             "files_without_semantic": len(store.files_without_semantic),
         },
         "model": "model",  # RUN_DIR/model: the last epoch's checkpoint
@@ -789,7 +805,7 @@ def build_trainer(
     config = config.resolved()
     model_config_for(config, read_dataset_json(config.features))  # refused before any worker
     if datasets is None:
-        store = inspect_store(config.features, config.semantic_modality)
+        store = inspect_store(config.features, config.semantic_modality, config.val_fraction)
         datasets = read_datasets(store, config.resources.materialize_below_mb)
     resources = {
         "CPU": config.resources.cpus_per_worker,
@@ -819,9 +835,8 @@ def run_training(config: TrainConfig, *, datasets: dict[str, Any] | None = None)
     config = config.resolved()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    store = inspect_store(config.features, config.semantic_modality)
-    if store.holdout:
-        logger.info(f"{config.features}: no val split; holding out 1 in 10 train videos as val")
+    store = inspect_store(config.features, config.semantic_modality, config.val_fraction)
+    logger.info(f"{config.features}: {split_description(store)}")
     if datasets is None:
         datasets = read_datasets(store, config.resources.materialize_below_mb)
     result = build_trainer(config, datasets=datasets).fit()

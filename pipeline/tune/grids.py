@@ -22,6 +22,7 @@ split has none, as in the cross-camera benchmark).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -41,10 +42,10 @@ from pipeline.tune import report
 from pipeline.tune.report import SEMANTIC_OUTPUTS, collect_outputs, tsne_figure, with_semantic
 from pipeline.tune.sweep import (
     TRAIN_FIELDS,
-    concurrent_trials,
     fit_or_restore,
     local_path,
     prepare_datasets,
+    size_trials,
     train_in_task,
     trial_resources,
 )
@@ -59,6 +60,8 @@ __all__ = [
     "grid_table",
     "run_experiments",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -136,8 +139,10 @@ class ExperimentConfig:
     quick: bool = False  # small fast settings on a synthetic benchmark store in OUT/benchmark
     seeds: int | None = None  # seeds per cell (default 3, 2 with --quick)
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields of every cell
-    trial_cpus: float = 0.25  # CPUs of a trial's own process
-    data_cpus: float = 1.0  # CPUs kept free for Ray Data's read tasks
+    # CPUs of a trial's own process (default: 0.25)
+    trial_cpus: float | None = None
+    # CPUs kept free for Ray Data's read tasks (default: 1, 1 in 16 on large clusters)
+    data_cpus: float | None = None
     max_concurrent_trials: int | None = None  # (default: derived from the cluster's resources)
     # read the store into memory once for all cells (default: when it is below 1 GiB)
     materialize: bool | None = None
@@ -339,7 +344,7 @@ def _notes(config: ExperimentConfig, base: TrainConfig, records: list[dict], fai
     lines = [
         f"Test split: {rows.get('test', '?')} videos, scored on the video alone (CRIF: the "
         f"model's own prediction). Mean ± sample std over {config.seed_count} seed(s), "
-        f"{base.optimization.epochs} epochs, backbone {base.model.backbone} unless named; "
+        f"{base.total_epochs} epochs, backbone {base.model.backbone} unless named; "
         f"store {base.features}."
     ]
     if config.grid != "ablation":
@@ -380,14 +385,21 @@ def _fit_runs(config: ExperimentConfig, base: TrainConfig, runs: dict, out: Path
     """Every run x seed as a Tune trial (grid search); (results, restored, concurrency)."""
     import ray
 
+    cluster = ray.cluster_resources()
+    given = {**(quick_train() if config.quick else {}), **config.train}
+    sized = size_trials(
+        cluster, base, cpus_per_worker=given.get("cpus_per_worker"),
+        trial_cpus=config.trial_cpus, data_cpus=config.data_cpus,
+        max_concurrent_trials=config.max_concurrent_trials,
+    )  # fmt: skip
+    logger.info(sized.describe(max(base.resources.num_workers, 1), cluster))
+    base = base.replace_flat(cpus_per_worker=sized.cpus_per_worker)
+    concurrency = sized.max_concurrent_trials
     fixed = {k: v for k, v in base.to_flat().items() if k != "out"}
-    datasets = prepare_datasets(base.features, base.semantic, config.materialize)
+    datasets = prepare_datasets(base.features, base.semantic, config.materialize, base.val_fraction)
     trainable = tune.with_resources(
         tune.with_parameters(_cell_trial, base=fixed, root=str(out), cells=runs, datasets=datasets),
-        trial_resources(base, config.trial_cpus),
-    )
-    concurrency = config.max_concurrent_trials or concurrent_trials(
-        base, config.trial_cpus, config.data_cpus, ray.cluster_resources()
+        trial_resources(base, sized.trial_cpus),
     )
     results, restored = fit_or_restore(
         trainable,

@@ -278,7 +278,7 @@ def collect_outputs(model, store: StoreSplits, split: str, batch_size: int = 256
             table = select_split(
                 pa.Table.from_batches([batch]),
                 split=split,
-                holdout=store.holdout,
+                val_fraction=store.val_fraction,
                 label_column=store.label_column,
                 semantic=store.semantic,
             )

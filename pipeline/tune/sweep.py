@@ -9,11 +9,13 @@
   ``ray.train.report`` of the loop to Tune with the metric (``val/acc1``) in each result.
 - ASHA on ``epoch`` (``stop_last_trials=False``: a trial at the last epoch still sends its
   final scores) and seeded random search by default; Optuna if asked for and installed.
-- Resources are explicit: ``trial_cpus`` for the trial (the Train driver), 0 CPU for the
-  Train V2 controller (fixed by Ray), ``cpus_per_worker`` per worker in Train's own placement
-  group, and ``data_cpus`` left free for Ray Data's read tasks (trials that could take them
-  all stall, so that set-up is refused). ``max_concurrent_trials = (CPUs - data_cpus) //
-  (trial + workers)``, capped by GPUs.
+- Resources come from the cluster unless given (:func:`size_trials`, one log line says what
+  was chosen): ``trial_cpus`` for the trial (the Train driver, 0.25), 0 CPU for the Train V2
+  controller (fixed by Ray), ``cpus_per_worker`` per worker in Train's own placement group
+  (1, or what is left of one CPU on a 2-CPU machine; with GPUs, the CPUs beside each GPU),
+  and ``data_cpus`` left free for Ray Data's read tasks (1, 1 in 16 on large clusters;
+  trials that could take them all stall, so that set-up is refused, given or not).
+  ``max_concurrent_trials = (CPUs - data_cpus) // (trial + workers)``, capped by GPUs.
 - Re-running with the same ``out`` restores the sweep (``Tuner.restore``).
 - Local mode (``num_workers=0``) cannot run in a Tune trial's own process (Ray 2.60 refuses
   ``ray.train.get_context`` in a Tune function), so :func:`train_in_task` runs it in a child
@@ -23,6 +25,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -40,9 +43,14 @@ from pipeline.artifact import export_model
 from pipeline.common import ray_compat
 from pipeline.common.atomic import atomic_write_json
 from pipeline.common.configs import check_choices, flat_names
-from pipeline.store import read_dataset_json
-from pipeline.train.data import inspect_store, read_datasets
-from pipeline.train.trainer import TrainConfig, build_trainer, metrics_document
+from pipeline.store import read_dataset_json, split_sizes
+from pipeline.train.data import StoreSplits, inspect_store, read_datasets
+from pipeline.train.trainer import (
+    TrainConfig,
+    build_trainer,
+    metrics_document,
+    split_description,
+)
 
 __all__ = [
     "DEFAULT_SPACE",
@@ -50,6 +58,7 @@ __all__ = [
     "SweepConfig",
     "TuneEpochReport",
     "concurrent_trials",
+    "TrialResources",
     "fit_or_restore",
     "load_space_file",
     "local_path",
@@ -58,19 +67,23 @@ __all__ = [
     "release_placement_groups",
     "run_sweep",
     "search_space",
+    "size_trials",
     "train_in_task",
     "trial_resources",
 ]
 
 logger = logging.getLogger(__name__)
 
-# The paper's ranges (section III-E): alpha in [0.1, 2.0], beta, gamma in {0.1, 0.2, 0.5, 1}.
+# The paper's video setting (sections III-E, IV-C): alpha in [0.1, 2.0], beta, gamma in
+# {0.1, 0.2, 0.5, 1}, lr in [1e-6, 1e-3] (its image range is 5e-5..5e-3), batch size from
+# {32, 64, 128, 256}.
 DEFAULT_SPACE: dict[str, Any] = {
     "alpha_sim": {"uniform": [0.1, 2.0]},
     "alpha_align": {"uniform": [0.1, 2.0]},
     "beta": {"choice": [0.1, 0.2, 0.5, 1.0]},
     "gamma": {"choice": [0.1, 0.2, 0.5, 1.0]},
-    "lr": {"loguniform": [5e-5, 5e-3]},
+    "lr": {"loguniform": [1e-6, 1e-3]},
+    "batch_size": {"choice": [32, 64, 128, 256]},
 }
 Scheduler = Literal["asha", "fifo"]
 Searcher = Literal["random", "optuna"]
@@ -153,8 +166,10 @@ class SweepConfig:
     reduction_factor: int = 2  # ASHA keeps 1 in this many trials at each rung
     searcher: Searcher = "random"  # seeded random search, or Optuna (needs the optuna package)
     metric: str | None = None  # objective (default: val/acc1, val/precision@1 multi-label)
-    trial_cpus: float = 0.25  # CPUs of a trial's own process (the Train driver)
-    data_cpus: float = 1.0  # CPUs kept free for Ray Data's read tasks
+    # CPUs of a trial's own process, the Train driver (default: 0.25)
+    trial_cpus: float | None = None
+    # CPUs kept free for Ray Data's read tasks (default: 1, 1 in 16 on large clusters)
+    data_cpus: float | None = None
     max_concurrent_trials: int | None = None  # (default: derived from the cluster's resources)
     # read the store into memory once for all trials (default: when it is below 1 GiB)
     materialize: bool | None = None
@@ -174,6 +189,21 @@ class SweepConfig:
     def base_config(self, **overrides: Any) -> TrainConfig:
         paths = {"features": local_path(self.features), "out": local_path(self.out)}
         return TrainConfig.from_flat(**{**paths, **self.train, **overrides})
+
+    def trial_sizing(self, cluster: dict[str, float]) -> TrialResources:
+        """The trials' CPUs and concurrency on ``cluster``: given fields kept, the rest derived
+        (``cpus_per_worker`` is given when ``train`` names it); logged in one line."""
+        base = self.base_config()
+        sized = size_trials(
+            cluster,
+            base,
+            cpus_per_worker=self.train.get("cpus_per_worker"),
+            trial_cpus=self.trial_cpus,
+            data_cpus=self.data_cpus,
+            max_concurrent_trials=self.max_concurrent_trials,
+        )
+        logger.info(sized.describe(max(base.resources.num_workers, 1), cluster))
+        return sized
 
     def objective(self) -> str:
         task = read_dataset_json(self.features)["task"]
@@ -206,7 +236,8 @@ def concurrent_trials(
         raise ValueError(
             f"a trial needs {per_trial:g} CPU (trial {trial_cpus:g} + {workers} x "
             f"{resources.cpus_per_worker:g}) and Ray Data {data_cpus:g}, but the cluster has "
-            f"{cluster.get('CPU', 0.0):g}; lower cpus_per_worker or trial_cpus"
+            f"{cluster.get('CPU', 0.0):g}; lower cpus_per_worker or trial_cpus (or leave "
+            "them out: they are then sized from the cluster)"
         )
     count = math.floor(usable / per_trial + 1e-9)
     if resources.use_gpu:
@@ -216,14 +247,129 @@ def concurrent_trials(
     return count
 
 
-def prepare_datasets(features: str, semantic: str | None, materialize: bool | None):
+TRIAL_CPUS = 0.25  # a trial's own process only drives its Train run
+CPU_STEP = 0.25  # fractional worker CPUs are multiples of this (Ray: whole numbers above 1)
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    """What :func:`size_trials` chose; ``derived`` names the fields taken from the cluster."""
+
+    trial_cpus: float
+    data_cpus: float
+    cpus_per_worker: float
+    max_concurrent_trials: int
+    derived: tuple[str, ...]
+    reason: str
+
+    def describe(self, workers: int, cluster: dict[str, float]) -> str:
+        """The log line: cluster, choice, and why."""
+        gpus = f", {cluster.get('GPU', 0.0):g} GPU" if cluster.get("GPU") else ""
+        given = sorted({"trial_cpus", "data_cpus", "cpus_per_worker"} - set(self.derived))
+        return (
+            f"trial resources: cluster {cluster.get('CPU', 0.0):g} CPU{gpus}; Ray Data keeps "
+            f"{self.data_cpus:g} CPU, a trial takes {self.trial_cpus:g} CPU + {workers} worker(s)"
+            f" x {self.cpus_per_worker:g} CPU; {self.max_concurrent_trials} trial(s) at a time"
+            f" ({self.reason}; given: {', '.join(given) or 'none'})"
+        )
+
+
+def _round_down(value: float) -> float:
+    """Whole CPUs above 1, multiples of CPU_STEP below (what Ray accepts)."""
+    return (
+        float(math.floor(value + 1e-9))
+        if value >= 1
+        else math.floor(value / CPU_STEP + 1e-9) * CPU_STEP
+    )
+
+
+def size_trials(
+    cluster: dict[str, float],
+    config: TrainConfig,
+    *,
+    cpus_per_worker: float | None = None,
+    trial_cpus: float | None = None,
+    data_cpus: float | None = None,
+    max_concurrent_trials: int | None = None,
+) -> TrialResources:
+    """Trial, worker and Ray Data CPUs and the concurrency for ``cluster`` (``ray.cluster_
+    resources()``); a value given is kept (and checked), a None one is derived:
+
+    - ``data_cpus``: 1 (one read task at a time), 1 in 16 CPUs on large clusters, at most half;
+    - ``trial_cpus``: 0.25 (the trial's process only drives its Train run);
+    - ``cpus_per_worker``: without GPUs 1 when a trial of whole-CPU workers fits beside Ray
+      Data, else what is left of it (0.75 on 2 CPUs); with ``use_gpu`` the CPUs beside each
+      trial's GPUs, shared among its workers.
+
+    Raises ValueError when not even one trial fits beside Ray Data's CPUs.
+    """
+    cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+    resources = config.resources
+    workers = max(resources.num_workers, 1)
+    derived = []
+    if data_cpus is None:
+        data_cpus = min(max(1.0, float(cpus // 16)), cpus / 2)
+        derived.append("data_cpus")
+    if trial_cpus is None:
+        trial_cpus = TRIAL_CPUS
+        derived.append("trial_cpus")
+    usable = cpus - data_cpus
+    reason = "as given"
+    if cpus_per_worker is None:
+        derived.append("cpus_per_worker")
+        if resources.use_gpu:
+            if gpus < workers:
+                raise ValueError(
+                    f"use_gpu: a trial needs {workers} GPU(s); the cluster has {gpus:g}"
+                )
+            trials = int(gpus // workers)
+            share = (usable / trials - trial_cpus) / workers
+            reason = f"{trials} trial(s) by GPU, the CPUs beside them shared"
+        else:
+            share = min(1.0, (usable - trial_cpus) / workers)
+            reason = (
+                "1 CPU per worker"
+                if share >= 1
+                else (f"1 CPU per worker does not fit beside Ray Data's {data_cpus:g}")
+            )
+        cpus_per_worker = max(_round_down(share), 0.0)
+        if cpus_per_worker < CPU_STEP:
+            raise ValueError(
+                f"the cluster's {cpus:g} CPU leave no room for a trial ({trial_cpus:g} CPU + "
+                f"{workers} worker(s) of at least {CPU_STEP:g}) beside Ray Data's {data_cpus:g}"
+            )
+    sized = dataclasses.replace(
+        config, resources=dataclasses.replace(resources, cpus_per_worker=cpus_per_worker)
+    )
+    fit = concurrent_trials(sized, trial_cpus, data_cpus, cluster)  # checks what was given
+    if max_concurrent_trials is None:
+        derived.append("max_concurrent_trials")
+    concurrency = max_concurrent_trials or fit
+    return TrialResources(
+        trial_cpus, data_cpus, cpus_per_worker, concurrency, tuple(derived), reason
+    )
+
+
+def check_objective(metric: str, store: StoreSplits) -> None:
+    """A val objective needs val rows: refuse a store without them (and no val_fraction)."""
+    if metric.startswith("val/") and store.split_counts["val"] == 0:
+        raise ValueError(
+            f"the objective {metric} is measured on the val split, and {store.root} has none "
+            f"({split_sizes(store.split_counts)}): hold out train videos with "
+            "--set val_fraction=0.1, or extract the store with a val split"
+        )
+
+
+def prepare_datasets(
+    features: str, semantic: str | None, materialize: bool | None, val_fraction: float = 0.0
+):
     """The store's splits read once (``Dataset.materialize``) for every trial to share, or
     None (each run reads the store itself). Without it, every epoch of every trial re-runs
     the Parquet reads, whose task start-up dominates small runs. ``None``: when below 1 GiB."""
     if materialize is False:
         return None
     limit_mb = math.inf if materialize else MATERIALIZE_BYTES / 2**20
-    return read_datasets(inspect_store(features, semantic), limit_mb)
+    return read_datasets(inspect_store(features, semantic, val_fraction), limit_mb)
 
 
 # ---------------------------------------------------------------------------- trials
@@ -311,7 +457,7 @@ def _sweep_trial(
         checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
     )
     result = build_trainer(config, datasets=datasets, run_config=run_config).fit()
-    store = inspect_store(config.features, config.semantic_modality)
+    store = inspect_store(config.features, config.semantic_modality, config.val_fraction)
     document = metrics_document(config, result.return_value, store)
     document["checkpoint"] = result.checkpoint.path
     atomic_write_json(run_dir / "metrics.json", document, default=str)
@@ -414,20 +560,25 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
 
     out = Path(config.out).resolve()
     base = config.base_config(out=str(out))
-    metric, epochs = config.objective(), base.optimization.epochs
-    concurrency = config.max_concurrent_trials or concurrent_trials(
-        base, config.trial_cpus, config.data_cpus, ray.cluster_resources()
-    )
+    metric, epochs = config.objective(), base.total_epochs
+    sized = config.trial_sizing(ray.cluster_resources())
+    base = base.replace_flat(cpus_per_worker=sized.cpus_per_worker)
+    concurrency = sized.max_concurrent_trials
+    store = inspect_store(base.features, base.semantic_modality, base.val_fraction)
+    logger.info(f"{base.features}: {split_description(store)}")
+    check_objective(metric, store)
     fixed = {k: v for k, v in base.to_flat().items() if k != "out"}
     # Worker groups recorded by an earlier driver of this sweep (killed, or its trials still
     # running when it died) belong to no live trial: Ray 2.60 can leave them holding CPUs.
     stale = sum(release_placement_groups(path) for path in out.glob(f"trials/*/{PLACEMENT_GROUPS}"))
     if stale:
         logger.info(f"released {stale} worker placement group(s) left by an earlier run of {out}")
-    datasets = prepare_datasets(base.features, base.semantic_modality, config.materialize)
+    datasets = prepare_datasets(
+        base.features, base.semantic_modality, config.materialize, base.val_fraction
+    )
     trainable = tune.with_resources(
         tune.with_parameters(_sweep_trial, base=fixed, root=str(out), datasets=datasets),
-        trial_resources(base, config.trial_cpus),
+        trial_resources(base, sized.trial_cpus),
     )
     tune_config = tune.TuneConfig(
         metric=metric,
@@ -465,6 +616,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
         "status": {s: sum(r["status"] == s for r in rows) for s in {r["status"] for r in rows}},
         "restored": restored,
         "max_concurrent_trials": concurrency,
+        "resources": asdict(sized),
         "config": asdict(config),
     }
     atomic_write_json(out / "summary.json", summary, default=str)

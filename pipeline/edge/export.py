@@ -20,6 +20,7 @@ anything is written, ONNX Runtime must reproduce PyTorch on real-size clips with
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -35,6 +36,7 @@ from torch import Tensor, nn
 from pipeline.artifact import ExtractorSetup, load_model, model_id, resolve_model_dir
 from pipeline.common.configs import check_choices
 from pipeline.edge.metadata import (
+    BACKBONE_FILE,
     EXPORT_FORMAT,
     HEAD_FILE,
     INT8_FILE,
@@ -48,9 +50,11 @@ from pipeline.edge.metadata import (
 __all__ = [
     "PARITY_TOLERANCE",
     "ExportConfig",
+    "ExportedBackbone",
     "ExportedHead",
     "ExportedVisualPath",
     "ScanGRU",
+    "ExportModules",
     "build_export_modules",
     "export_model",
     "rebuild_s3d",
@@ -58,6 +62,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+GRAPHS = {
+    MODEL_FILE: "a video's clips -> its probabilities",
+    BACKBONE_FILE: "clips -> S3D features",
+    HEAD_FILE: "S3D features of a video -> its probabilities",
+}
 PARITY_TOLERANCE = 1e-4  # max |probability difference| ONNX Runtime vs PyTorch, else refused
 InputDtype = Literal["uint8", "float32"]
 
@@ -151,7 +160,11 @@ class ExportedHead(nn.Module):
         backbone = model.visual_backbone
         self.standardizer = _Standardizer(model.visual_input)
         self.backbone = ScanGRU(backbone) if hasattr(backbone, "gru") else backbone
-        self.shared, self.clip, self.head = model.visual_shared, model.visual_clip, model.visual_head
+        self.shared, self.clip, self.head = (
+            model.visual_shared,
+            model.visual_clip,
+            model.visual_head,
+        )
         self.inference_encoder = model.inference_encoder
         self.inference_decoder = model.inference_decoder
         self.fusion, self.fused_head = model.fusion, model.fused_head
@@ -170,23 +183,33 @@ class ExportedHead(nn.Module):
         return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
 
 
-class ExportedVisualPath(nn.Module):
-    """Raw clips (B, N, 3, L, H, W) and clip mask (B, N) -> video probabilities (B, C)."""
+class ExportedBackbone(nn.Module):
+    """Raw clips (N, 3, L, H, W) -> S3D features (N, 1024), normalisation inside."""
 
-    def __init__(self, s3d: nn.Module, head: ExportedHead, preprocessing: Preprocessing):
+    def __init__(self, s3d: nn.Module, preprocessing: Preprocessing):
         super().__init__()
-        self.s3d, self.head = s3d, head
+        self.s3d = s3d
         mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(1, 3, 1, 1, 1)
         std = torch.tensor(preprocessing.std, dtype=torch.float32).view(1, 3, 1, 1, 1)
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
 
+    def forward(self, clips: Tensor) -> Tensor:
+        normalised = (clips.to(torch.float32) / 255.0 - self.mean) / self.std  # normalize_clips
+        return self.s3d(normalised)  # (N, 1024)
+
+
+class ExportedVisualPath(nn.Module):
+    """Raw clips (B, N, 3, L, H, W) and clip mask (B, N) -> video probabilities (B, C)."""
+
+    def __init__(self, backbone: ExportedBackbone, head: ExportedHead):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
     def forward(self, clips: Tensor, clip_mask: Tensor) -> Tensor:
         batch, count = clips.shape[0], clips.shape[1]
-        frames = clips.reshape(batch * count, *clips.shape[2:]).to(torch.float32)
-        normalised = (frames / 255.0 - self.mean) / self.std  # as normalize_clips, per element
-        features = self.s3d(normalised).reshape(batch, count, -1)  # (B, N, 1024)
-        return self.head(features, clip_mask)
+        features = self.backbone(clips.reshape(batch * count, *clips.shape[2:]))
+        return self.head(features.reshape(batch, count, -1), clip_mask)  # (B, N, 1024) -> (B, C)
 
 
 # ---------------------------------------------------------------------------- building
@@ -211,28 +234,33 @@ def rebuild_s3d(info: dict, s3d_weights: str | None = None):
     return extractor, recorded
 
 
-def build_export_modules(model_dir: Path, s3d_weights: str | None = None):
-    """(visual path module, head module, reference, info, setup) for a model directory."""
+@dataclass
+class ExportModules:
+    """The three exported modules and the PyTorch objects they must reproduce."""
+
+    path: ExportedVisualPath
+    backbone: ExportedBackbone
+    head: ExportedHead
+    model: nn.Module  # the CRIF model as load_model gives it
+    extractor: object  # the S3DExtractor jobs/score.py would build
+    info: dict
+    setup: ExtractorSetup
+
+
+def build_export_modules(model_dir: Path, s3d_weights: str | None = None) -> ExportModules:
     model, info = load_model(model_dir)
     extractor, setup = rebuild_s3d(info, s3d_weights)
     preprocessing = Preprocessing.from_s3d_config(setup.config)
     head = ExportedHead(model, info["task"]).eval()
-    s3d = extractor.model.to(memory_format=torch.contiguous_format).eval()
-    path = ExportedVisualPath(s3d, head, preprocessing).eval()
-    return path, head, (model, extractor), info, setup
+    s3d = copy.deepcopy(extractor.model).to(memory_format=torch.contiguous_format).eval()
+    backbone = ExportedBackbone(s3d, preprocessing).eval()
+    path = ExportedVisualPath(backbone, head).eval()
+    return ExportModules(path, backbone, head, model, extractor, info, setup)
 
 
-def _torch_reference(model, extractor, task: str, clips: np.ndarray) -> np.ndarray:
-    """What jobs/score.py computes for one video's uint8 clips (N, L, H, W, 3)."""
-    features = torch.from_numpy(extractor(clips))[None]  # (1, N, 1024)
-    mask = torch.ones(features.shape[:2], dtype=torch.bool)
-    with torch.inference_mode():
-        logits = model.predict(features, mask).float()
-    probabilities = logits.sigmoid() if task == "multi_label" else logits.softmax(-1)
-    return probabilities.numpy()
-
-
-def _export(module: nn.Module, example: tuple, names: tuple, path: Path, opset: int, dims):
+def _export(
+    module, example: tuple, names: tuple, path: Path, opset: int, dims, output="probabilities"
+):
     torch.onnx.export(
         module,
         example,
@@ -240,7 +268,7 @@ def _export(module: nn.Module, example: tuple, names: tuple, path: Path, opset: 
         dynamo=True,
         opset_version=opset,
         input_names=list(names),
-        output_names=["probabilities"],
+        output_names=[output],
         dynamic_shapes=dims,
         external_data=False,
         verbose=False,
@@ -265,44 +293,38 @@ def export_model(config: ExportConfig) -> dict:
     import onnxruntime
 
     model_dir = resolve_model_dir(config.model)
-    path_module, head_module, (model, extractor), info, setup = build_export_modules(
-        model_dir, config.s3d_weights
-    )
-    preprocessing = Preprocessing.from_s3d_config(setup.config)
+    modules = build_export_modules(model_dir, config.s3d_weights)
+    preprocessing = Preprocessing.from_s3d_config(modules.setup.config)
     out = Path(config.out)
     staging = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex}")
     staging.mkdir(parents=True)
     try:
-        document = _document(config, info, setup, preprocessing, model_id(model_dir))
-        batch = torch.export.Dim("batch", min=1, max=1024)
-        clips = torch.export.Dim("clips", min=1, max=65536)
-        dims = {"clip_mask": {0: batch, 1: clips}}
-        # Example sizes of 2 and 3: a size of 1 would be specialised into the graph.
-        shape = (2, 3, *preprocessing.clip_shape())
-        dtype = torch.uint8 if config.input_dtype == "uint8" else torch.float32
-        example = torch.zeros(shape, dtype=dtype)
-        mask = torch.ones(2, 3, dtype=torch.bool)
-        _export(path_module, (example, mask), ("clips", "clip_mask"), staging / MODEL_FILE,
-                config.opset, {"clips": {0: batch, 1: clips}, **dims})  # fmt: skip
-        features = torch.zeros(2, 3, setup.dim)
-        _export(head_module, (features, mask), ("features", "clip_mask"), staging / HEAD_FILE,
-                config.opset, {"features": {0: batch, 1: clips}, **dims})  # fmt: skip
-        for name, what in ((MODEL_FILE, "clips -> video"), (HEAD_FILE, "S3D features -> video")):
-            _set_metadata(staging / name, document, f"CRIF visual path ({what} probabilities)")
+        document = _document(
+            config, modules.info, modules.setup, preprocessing, model_id(model_dir)
+        )
+        _export_all(modules, staging, config, preprocessing)
+        for name, what in GRAPHS.items():
+            _set_metadata(staging / name, document, f"CRIF visual path: {what}")
             onnx.checker.check_model(str(staging / name))
-        parity = _check_parity(staging, config, model, extractor, info["task"], preprocessing)
+        parity = _check_parity(staging, config, modules, preprocessing)
         if config.check:
             worst = max(parity.values())
             if not worst <= PARITY_TOLERANCE:
                 raise RuntimeError(
                     f"ONNX Runtime differs from PyTorch by {worst:.2e} (> {PARITY_TOLERANCE})"
                 )
-        files = [MODEL_FILE, HEAD_FILE]
+        files = list(GRAPHS)
         if config.int8:
-            from pipeline.edge.quantize import quantize_model
+            from pipeline.edge.quantize import quantize_backbone
 
-            quantize_model(staging / MODEL_FILE, staging / INT8_FILE, config.calibration,
-                           preprocessing, config.calibration_clips, document)  # fmt: skip
+            document["int8"] = quantize_backbone(
+                staging / BACKBONE_FILE,
+                staging / INT8_FILE,
+                config.calibration,
+                preprocessing,
+                config.calibration_clips,
+            )
+            _set_metadata(staging / INT8_FILE, document, GRAPHS[BACKBONE_FILE] + ", int8 (QDQ)")
             files.append(INT8_FILE)
         document["parity"] = {**parity, "onnxruntime": onnxruntime.__version__}
         document["files"] = {name: file_sha256(staging / name) for name in files}
@@ -313,6 +335,23 @@ def export_model(config: ExportConfig) -> dict:
     sizes = {name: (out / name).stat().st_size for name in files}
     logger.info(f"[export] {document['model_id']} -> {out} ({sizes})")
     return {"out": str(out), "model_id": document["model_id"], "bytes": sizes, "parity": parity}
+
+
+def _export_all(modules: ExportModules, staging: Path, config, preprocessing) -> None:
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    clips = torch.export.Dim("clips", min=1, max=65536)
+    # Example sizes of 2 and 3: a size of 1 would be specialised into the graph.
+    dtype = torch.uint8 if config.input_dtype == "uint8" else torch.float32
+    example = torch.zeros((2, 3, *preprocessing.clip_shape()), dtype=dtype)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    features = torch.zeros(2, 3, modules.setup.dim)
+    both = {0: batch, 1: clips}
+    _export(modules.path, (example, mask), ("clips", "clip_mask"), staging / MODEL_FILE,
+            config.opset, {"clips": both, "clip_mask": both})  # fmt: skip
+    _export(modules.backbone, (example[0],), ("clips",), staging / BACKBONE_FILE, config.opset,
+            {"clips": {0: clips}}, output="features")  # fmt: skip
+    _export(modules.head, (features, mask), ("features", "clip_mask"), staging / HEAD_FILE,
+            config.opset, {"features": both, "clip_mask": both})  # fmt: skip
 
 
 def _document(config, info, setup, preprocessing: Preprocessing, identifier: str) -> dict:
@@ -340,31 +379,42 @@ def _document(config, info, setup, preprocessing: Preprocessing, identifier: str
     }
 
 
-def _check_parity(staging, config, model, extractor, task, preprocessing) -> dict[str, float]:
-    """Max |probability difference| of both files vs PyTorch on one real-size video (2 clips)
-    and on padded feature batches; the number is recorded in model.json."""
+def _check_parity(staging, config, modules: ExportModules, preprocessing) -> dict[str, float]:
+    """Max |difference| of each graph vs PyTorch on one real-size video (2 clips) and on
+    padded feature batches; recorded in model.json."""
     import onnxruntime
 
+    task, model = modules.info["task"], modules.model
     generator = np.random.default_rng(0)
     clip = (preprocessing.clip_len, preprocessing.crop, preprocessing.crop, 3)
     clips = generator.integers(0, 256, size=(2, *clip), dtype=np.uint8)
-    expected = _torch_reference(model, extractor, task, clips)
-    options = onnxruntime.SessionOptions()
-    session = onnxruntime.InferenceSession(str(staging / MODEL_FILE), options)
-    feed = clips.transpose(0, 4, 1, 2, 3)[None]  # (1, N, 3, L, H, W)
+    features = modules.extractor(clips)  # (2, 1024): jobs/score.py's features
+    expected = _probabilities(model, task, features[None], np.ones((1, 2), bool))
+    feed = clips.transpose(0, 4, 1, 2, 3)  # (N, 3, L, H, W)
     feed = feed.astype(np.uint8 if config.input_dtype == "uint8" else np.float32)
-    got = session.run(None, {"clips": feed, "clip_mask": np.ones((1, 2), bool)})[0]
-    features = generator.normal(size=(3, 5, extractor.output_dim)).astype(np.float32) + 0.5
+
+    def run(name, inputs):
+        return onnxruntime.InferenceSession(str(staging / name)).run(None, inputs)[0]
+
+    whole = run(MODEL_FILE, {"clips": feed[None], "clip_mask": np.ones((1, 2), bool)})
+    backbone = run(BACKBONE_FILE, {"clips": feed})
+    sequences = generator.normal(size=(3, 5, modules.setup.dim)).astype(np.float32) + 0.5
     mask = np.arange(5)[None, :] < np.array([5, 2, 1])[:, None]
+    head = run(HEAD_FILE, {"features": sequences, "clip_mask": mask})
+    return {
+        "model_max_abs_difference": float(np.abs(whole - expected).max()),
+        "backbone_max_abs_difference": float(np.abs(backbone - features).max()),
+        "head_max_abs_difference": float(
+            np.abs(head - _probabilities(model, task, sequences, mask)).max()
+        ),
+    }
+
+
+def _probabilities(model, task: str, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """jobs/score.py's probabilities for padded features (B, N, D) and mask (B, N)."""
     with torch.inference_mode():
         logits = model.predict(torch.from_numpy(features), torch.from_numpy(mask)).float()
-    reference = (logits.sigmoid() if task == "multi_label" else logits.softmax(-1)).numpy()
-    head = onnxruntime.InferenceSession(str(staging / HEAD_FILE), options)
-    head_got = head.run(None, {"features": features, "clip_mask": mask})[0]
-    return {
-        "model_max_abs_difference": float(np.abs(got - expected).max()),
-        "head_max_abs_difference": float(np.abs(head_got - reference).max()),
-    }
+    return (logits.sigmoid() if task == "multi_label" else logits.softmax(-1)).numpy()
 
 
 def _replace_directory(staging: Path, out: Path) -> None:

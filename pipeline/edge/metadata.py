@@ -4,10 +4,12 @@
     document = read_export("outputs/edge")                            # at the edge: model.json
     document = metadata_from_onnx_props(dict_of_metadata_props)       # or from the file alone
 
-An export directory holds ``model.onnx`` (clips in, video probabilities out), ``head.onnx``
-(S3D features in, probabilities out), optionally ``model.int8.onnx``, and ``model.json``. The
-JSON document, less its ``files`` hashes, is also stored in each ONNX file's metadata under
-the key ``crif_edge``, so the file alone is enough to classify a video.
+An export directory holds ``model.onnx`` (a video's clips in, its probabilities out: the one
+file), ``backbone.onnx`` (clips -> S3D features) and ``head.onnx`` (features -> probabilities),
+the pair the runner uses so that memory stays one clip batch however long the video,
+optionally ``backbone.int8.onnx``, and ``model.json``. The JSON document, less its ``files``
+hashes, is also stored in each ONNX file's metadata under the key ``crif_edge``, so a file
+alone is enough to classify a video.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "EXPORT_FORMAT",
+    "BACKBONE_FILE",
     "HEAD_FILE",
     "INT8_FILE",
     "METADATA_FILE",
@@ -36,8 +39,9 @@ __all__ = [
 
 EXPORT_FORMAT = "crif-edge/1"
 MODEL_FILE = "model.onnx"
+BACKBONE_FILE = "backbone.onnx"
 HEAD_FILE = "head.onnx"
-INT8_FILE = "model.int8.onnx"
+INT8_FILE = "backbone.int8.onnx"
 METADATA_FILE = "model.json"
 METADATA_KEY = "crif_edge"
 REQUIRED = ("format", "model_id", "task", "class_names", "preprocessing", "extractor", "inputs")

@@ -79,21 +79,38 @@ def calibration_clips(
             return
 
 
-class _Reader:
-    """onnxruntime.quantization's CalibrationDataReader protocol over calibration clips."""
+class _OneClip:
+    """onnxruntime.quantization's CalibrationDataReader protocol for a single clip."""
 
-    def __init__(self, clips: Iterator[np.ndarray], dtype: str):
-        self.clips, self.dtype, self.count = clips, dtype, 0
+    def __init__(self, feed: dict):
+        self.feed = feed
 
     def get_next(self):
-        clip = next(self.clips, None)
-        if clip is None:
-            return None
-        self.count += 1
-        return {"clips": clip[None].astype(self.dtype)}
+        feed, self.feed = self.feed, None
+        return feed
 
-    def rewind(self):  # called by some calibrators; one pass is all MinMax needs
-        pass
+
+def _activation_ranges(model: Path, clips: Iterator[np.ndarray], dtype: str, scratch: Path):
+    """MinMax ranges of the convolutions' inputs, merged clip by clip (memory: one clip's
+    activations; onnxruntime's own CalibMaxIntermediateOutputs drops them instead of
+    merging in 1.32). Returns (TensorsData, clips used)."""
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+
+    calibrator = create_calibrator(
+        model,
+        ["Conv"],
+        augmented_model_path=str(scratch / "augmented.onnx"),
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+    used = 0
+    for clip in clips:
+        calibrator.collect_data(_OneClip({"clips": clip[None].astype(dtype)}))
+        calibrator.compute_data()  # merges this clip's ranges into the running ones
+        calibrator.clear_collected_data()
+        used += 1
+    ranges = calibrator.calibrate_tensors_range if used else None
+    del calibrator
+    return ranges, used
 
 
 def quantize_backbone(
@@ -102,27 +119,32 @@ def quantize_backbone(
     """Write the int8 (QDQ) ``output`` of the backbone graph ``model``; return its record."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     graph = onnx.load(str(model), load_external_data=False)
     dtype = {1: "float32", 2: "uint8"}[graph.graph.input[0].type.tensor_type.elem_type]
-    reader = _Reader(calibration_clips(calibration_videos(source), preprocessing, count), dtype)
+    clips = calibration_clips(calibration_videos(source), preprocessing, count)
     with tempfile.TemporaryDirectory() as scratch:
-        prepared = Path(scratch) / "prepared.onnx"
+        scratch = Path(scratch)
+        prepared = scratch / "prepared.onnx"
         quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)
+        ranges, used = _activation_ranges(prepared, clips, dtype, scratch)
+        if not used:
+            raise ValueError(f"{source}: no clip could be decoded for calibration")
+        cache = scratch / "ranges.json"
+        save_tensors_data(ranges, cache)
         quantize_static(
             str(prepared),
             str(output),
-            reader,
+            None,
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["Conv"],
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"CalibMaxIntermediateOutputs": 1},
+            calibration_cache_path=cache,
         )
-    if reader.count == 0:
-        raise ValueError(f"{source}: no clip could be decoded for calibration")
-    logger.info(f"[int8] calibrated on {reader.count} clips -> {output}")
-    return {"calibration_clips": reader.count, "source": source}
+    logger.info(f"[int8] calibrated on {used} clips -> {output}")
+    return {"calibration_clips": used, "source": source, "method": "QDQ, MinMax, Conv only"}

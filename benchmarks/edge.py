@@ -109,7 +109,7 @@ def _agreement(out: Path, clips, preprocessing) -> dict:
             {
                 "shift": shift["name"] if shift else "none",
                 "clips": len(clips),
-                "feature_cosine_min": min(cosines),
+                "feature_cosine_min": f"{min(cosines):.5f}",
                 "top1_agreement": float(np.mean(same)),
             }
         )
@@ -127,7 +127,8 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from feature_extractors import build_extractor
+    from feature_extractors import config_from_dict
+    from feature_extractors.s3d import S3DExtractor
     from pipeline.edge.export import ExportConfig, export_model
     from pipeline.edge.metadata import BACKBONE_FILE, INT8_FILE, Preprocessing
     from pipeline.edge.runtime import EdgeModel
@@ -165,8 +166,8 @@ def main(argv=None) -> int:
             continue
         began = time.perf_counter()
         try:
-            options = {"execution": mode, "cache_dir": root / "aoti"}
-            extractor = build_extractor("s3d", config, **options)
+            s3d_config = config_from_dict(S3DExtractor, config)
+            extractor = S3DExtractor(s3d_config, execution=mode, cache_dir=root / "aoti")
         except Exception as error:  # no compiler, export failure: recorded, not fatal
             startup[f"torch {mode}"] = f"failed: {type(error).__name__}: {error}"[:300]
             continue

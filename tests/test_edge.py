@@ -71,12 +71,9 @@ def write_model(directory: Path, *, task: str = "single_label", seed: int = 0) -
     return directory
 
 
-def torch_probabilities(run: Path, clips: np.ndarray) -> np.ndarray:
+def torch_probabilities(model, extractor, clips: np.ndarray) -> np.ndarray:
     """jobs/score.py's computation for one video's clips: S3D features, CRIF, softmax."""
-    from pipeline.artifact import load_model
-
-    model, _ = load_model(run)
-    features = torch.from_numpy(build_extractor("s3d", S3D)(clips))[None]
+    features = torch.from_numpy(extractor(clips))[None]
     with torch.inference_mode():
         logits = model.predict(features, torch.ones(features.shape[:2], dtype=torch.bool))
     return logits.softmax(-1)[0].numpy()
@@ -220,15 +217,17 @@ def test_export_writes_three_graphs_with_their_record(exported):
 @pytest.mark.slow
 def test_same_clips_give_pytorch_probabilities(exported, shared_data):
     """The pipeline's own clips (decord) through the edge graphs = jobs/score.py's torch path."""
+    from pipeline.artifact import load_model
     from pipeline.edge.runtime import EdgeModel
     from pipeline.ingest.decode import iter_clips as pipeline_clips
 
     inputs = S3DExtractor.inputs(S3DConfig(clip_len=16, clip_stride=16))
+    model, extractor = load_model(exported["run"])[0], build_extractor("s3d", S3D)
     pair = EdgeModel.load(exported["out"])
     whole = EdgeModel.load(exported["out"] / MODEL_FILE)  # the one file alone
     for path in sorted((shared_data / "videos").iterdir()):
         clips = np.stack([frames for *_, frames in pipeline_clips(str(path), inputs)])
-        expected = torch_probabilities(exported["run"], clips)
+        expected = torch_probabilities(model, extractor, clips)
         np.testing.assert_allclose(pair.classify_clips(clips, batch_size=3), expected, atol=1e-4)
         np.testing.assert_allclose(whole.classify_clips(clips), expected, atol=1e-4)
 

@@ -45,7 +45,26 @@ __all__ = [
     "tar_index",
 ]
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+# Every container FFmpeg reads that users hold videos in; on a tie (one id, two files) the
+# earlier extension wins.
+VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".mkv",
+    ".webm",
+    ".avi",
+    ".mov",
+    ".m4v",
+    ".ts",
+    ".m2ts",
+    ".mts",
+    ".3gp",
+    ".flv",
+    ".mpg",
+    ".mpeg",
+    ".wmv",
+    ".ogv",
+    ".mxf",
+)
 ARCHIVE_SEPARATOR = "::"  # "<archive.tar>::<member name>" addresses one member of an archive
 _ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _LIST_SUFFIXES = (".txt", ".lst")

@@ -73,8 +73,8 @@ class ClipInputs:
     centre-cropped to `crop`, cut into `clip_len` frames every `clip_stride` (resampled
     frames; tail rule: s3d.plan_clips). The extractor gets uint8 (N, clip_len, crop, crop, 3)
     and returns one feature per clip. resize_method: "decoder" (scaled inside the decoder,
-    FFmpeg bilinear) or "exact" (native frames resized with torchvision's antialiased
-    bilinear, as the reference transforms of the weights)."""
+    FFmpeg bilinear) or "exact" (native frames resized with torchvision's bilinear, as the
+    reference transforms of the weights)."""
 
     kind: str = field(default="clips", init=False)
     fps: float

@@ -101,7 +101,7 @@ class S3DConfig:
     frames. channels_last: run the model in torch.channels_last_3d memory format.
     resize_method: "decoder" scales frames inside the decoder (FFmpeg bilinear, fast; the
     form of records that do not name it); "exact" resizes the native frames like
-    S3D_Weights.KINETICS400_V1.transforms() (antialiased bilinear).
+    S3D_Weights.KINETICS400_V1.transforms() (bilinear, no antialiasing: see preprocess_frames).
     """
 
     weights: str = "random"
@@ -206,9 +206,11 @@ def plan_clips_at(
 def preprocess_frames(frames: np.ndarray, config: S3DConfig) -> np.ndarray:
     """uint8 (L, H, W, 3) RGB -> uint8 (L, crop, crop, 3), on CPU, no normalisation.
 
-    Resizes to config.resize (bilinear, antialiased, as torchvision's Resize on uint8
-    tensors) unless the frames already have that size, then centre-crops. A pure function
-    of the config, so decode workers need no model.
+    Resizes to config.resize unless the frames already have that size, then centre-crops.
+    resize_method "exact": bilinear without antialiasing, exactly what
+    S3D_Weights.KINETICS400_V1.transforms() does (torchvision hard-codes antialias=False
+    there); otherwise (frames the decoder did not scale) antialiased bilinear. A pure
+    function of the config, so decode workers need no model.
     """
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as vision_functional
@@ -217,8 +219,12 @@ def preprocess_frames(frames: np.ndarray, config: S3DConfig) -> np.ndarray:
         raise ValueError(f"expected uint8 (L, H, W, 3) frames, got {frames.dtype} {frames.shape}")
     images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (L, 3, H, W)
     if tuple(images.shape[-2:]) != tuple(config.resize):
+        antialias = getattr(config, "resize_method", "decoder") != "exact"
         images = vision_functional.resize(
-            images, list(config.resize), interpolation=InterpolationMode.BILINEAR, antialias=True
+            images,
+            list(config.resize),
+            interpolation=InterpolationMode.BILINEAR,
+            antialias=antialias,
         )
     images = vision_functional.center_crop(images, [config.crop, config.crop])
     return images.permute(0, 2, 3, 1).contiguous().numpy()  # (L, crop, crop, 3)

@@ -6,8 +6,8 @@ library prints go to stderr): ``("clips", path, inputs, backend, threads, shift,
 ``("end",)``; ``("stop",)``; ``("audio", path)`` -> ``("audio", (waveform, rate) | None)``;
 any failure -> ``("error", message)``. It exits when the parent does.
 
-Test hook (never a config field): ``CRIF_DECODE_FAULT=crash:NAME`` or ``hang:NAME`` makes it
-segfault or hang on every path containing NAME.
+Test hook (never a config field): ``CRIF_DECODE_FAULT=crash:NAME,hang:OTHER`` makes it
+segfault (hang) on every path containing NAME (OTHER).
 """
 
 from __future__ import annotations
@@ -34,12 +34,11 @@ def _die_with_parent() -> None:
 
 
 def _inject_fault(path: str) -> None:
-    fault = os.environ.get(FAULT_ENV, "")
-    kind, _, name = fault.partition(":")
-    if name and name in path:
-        if kind == "crash":
+    for fault in os.environ.get(FAULT_ENV, "").split(","):
+        kind, _, name = fault.partition(":")
+        if name and name in path and kind == "crash":
             os.kill(os.getpid(), signal.SIGSEGV)
-        if kind == "hang":
+        if name and name in path and kind == "hang":
             time.sleep(10**6)
 
 

@@ -20,8 +20,8 @@ parent spends elsewhere (its consumer) is not charged. On a timeout the child is
 open a file or crashes on it is followed by the next one; a timeout is final (another
 backend would wait on the same blocked input).
 
-Test hook (never a config field): ``CRIF_DECODE_FAULT=crash:NAME`` or ``hang:NAME`` makes the
-child segfault or hang on every path containing NAME.
+Test hook (never a config field): ``CRIF_DECODE_FAULT`` (pipeline/decode/child.py) makes the
+child segfault or hang on chosen paths.
 """
 
 from __future__ import annotations

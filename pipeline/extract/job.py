@@ -104,7 +104,7 @@ class ExtractConfig:
     clip_len: int = 64  # frames per S3D clip
     clip_stride: int = 64  # frames between the starts of consecutive clips
     # S3D resize: decoder (FFmpeg bilinear while decoding, fast) or exact (torchvision's
-    # antialiased bilinear on native frames, as S3D_Weights.KINETICS400_V1.transforms())
+    # bilinear on native frames, as S3D_Weights.KINETICS400_V1.transforms())
     resize_method: ResizeMethod = "decoder"
     # video decoder: auto (the fastest installed backend that decodes each file, falling
     # back per video), pyav, decord or torchcodec (the optional extra)

@@ -51,6 +51,11 @@ def _serve(requests, replies) -> None:
         replies.write(_HEADER.pack(len(data)) + data)
         replies.flush()
 
+    import feature_extractors.s3d  # noqa: F401 - torch, before "ready": no deadline pays it
+    from pipeline.decode.backends import available_backends
+
+    available_backends()  # imports every installed backend once
+    reply(("ready",))
     clips = None
     while True:
         header = requests.read(_HEADER.size)

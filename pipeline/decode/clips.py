@@ -70,15 +70,14 @@ class ClipStream:
                 self._first = self._clip(0)  # a backend that opens but cannot decode: next
                 break
             except Exception as error:  # noqa: BLE001 - every backend's reason is kept
+                if decoder != "auto":
+                    self._stack.close()
+                    raise DecodeError(first_line(error)) from error
                 errors.append(f"{backend}: {first_line(error)}")
-                if decoder != "auto" or isinstance(error, MemoryError):
-                    break
-        else:
-            errors = errors or ["no decoder backend is installed"]
         if not hasattr(self, "_first"):
             self._stack.close()
-            reasons = "; ".join(errors)
-            raise DecodeError(reasons if decoder != "auto" else f"no backend decodes it: {reasons}")
+            reasons = "; ".join(errors) or "no decoder backend is installed"
+            raise DecodeError(f"no backend decodes it: {reasons}")
 
     def _plan(self, info: VideoInfo):
         from feature_extractors.s3d import plan_clips_at

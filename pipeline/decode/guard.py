@@ -49,6 +49,9 @@ __all__ = [
 ]
 
 _HEADER = struct.Struct("<Q")  # the length of each pickled message
+# A new child imports torch, PyAV and decord before it answers "ready": never charged to a
+# video's deadline, but bounded.
+STARTUP_SECONDS = 300.0
 
 
 class DecodeTimeout(DecodeError):
@@ -99,6 +102,13 @@ class DecodeWorker:
             env=env,
             close_fds=True,
         )
+        try:
+            ready = self._receive(STARTUP_SECONDS)
+        except DecodeTimeout as error:
+            raise DecodeCrashed("decoder process did not start") from error
+        if ready != ("ready",):
+            self.kill()
+            raise DecodeCrashed(f"decoder process did not start: {ready!r}")
 
     def _send(self, message: tuple) -> None:
         if self._process is None or self._process.poll() is not None:
@@ -112,6 +122,8 @@ class DecodeWorker:
 
     def _receive(self, seconds: float) -> tuple:
         """The next reply, waiting at most ``seconds``; kills the child on a timeout."""
+        if self._process is None:
+            raise DecodeCrashed("decoder process is not running")
         end = time.monotonic() + max(0.0, seconds)
         header = self._read(_HEADER.size, end)
         return pickle.loads(self._read(_HEADER.unpack(header)[0], end))

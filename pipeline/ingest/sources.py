@@ -102,8 +102,10 @@ def _list_files(root: str, *, recursive: bool) -> list[tuple[str, str]]:
     except (FileNotFoundError, NotADirectoryError, OSError) as error:
         raise ManifestError(f"{root}: cannot list video directory: {error}") from error
     base = base.rstrip("/")
+    # Unknown: special files (a named pipe): listed, so the decode step records what they do.
+    readable = (pafs.FileType.File, pafs.FileType.Unknown)
     relatives = sorted(
-        info.path[len(base) :].lstrip("/") for info in infos if info.type == pafs.FileType.File
+        info.path[len(base) :].lstrip("/") for info in infos if info.type in readable
     )
     return [(relative, _join(root, relative)) for relative in relatives]
 

@@ -227,7 +227,12 @@ class PyAVReader(VideoReader):
     def __init__(self, source, size: tuple[int, int] | None, threads: int = 1):
         import av
 
+        from av.video.reformatter import VideoReformatter
+
         self._av, self._source, self._size, self._threads = av, source, size, threads
+        # One reformatter for every frame: it keeps its scaler context (a new one per frame,
+        # as frame.to_ndarray(width=...) makes, costs 6x the conversion).
+        self._reformatter = VideoReformatter()
         self._scan, meta = scan_stream(source)
         if len(self._scan.pts) < MIN_FRAMES:
             raise DecodeError(
@@ -313,16 +318,15 @@ class PyAVReader(VideoReader):
         self._current = None
 
     def _convert(self, frame) -> np.ndarray:
-        if self._size is None:
-            array = frame.to_ndarray(format="rgb24")
-        else:
+        width, height = frame.width, frame.height
+        if self._size is not None:
             height, width = self._size
             if self._rotation in (90, 270):
                 width, height = height, width
-            array = frame.to_ndarray(
-                format="rgb24", width=width, height=height, interpolation="BILINEAR"
-            )
-        return _upright(array, self._rotation)
+        converted = self._reformatter.reformat(
+            frame, width=width, height=height, format="rgb24", interpolation="BILINEAR"
+        )
+        return _upright(converted.to_ndarray(), self._rotation)
 
     def frames(self, indices: list[int]) -> np.ndarray:
         return np.stack([self._convert(self._frame(target)) for target in indices])

@@ -226,7 +226,6 @@ class PyAVReader(VideoReader):
 
     def __init__(self, source, size: tuple[int, int] | None, threads: int = 1):
         import av
-
         from av.video.reformatter import VideoReformatter
 
         self._av, self._source, self._size, self._threads = av, source, size, threads

@@ -7,8 +7,10 @@ Each case is one whole `jobs/extract.py` process (visual features, random S3D we
 synthetic 160x120 videos); its peak memory is the largest sum of PSS (proportional set size)
 over the driver and every process below it (Ray's GCS, raylet, workers, the S3D actor),
 sampled every 0.25 s. PSS splits shared pages, so the object store is counted once.
-Decoding is streamed (decord seeks, one clip at a time) and at most two calls are in flight
-in the S3D actor, so the peak should not grow with the job: the goal is within 10%.
+Decoding is streamed (the --decoder backend in the guarded decode child, one clip requested
+at a time: no decoding ahead) and at most two calls are in flight in the S3D actor, so the
+peak should not grow with the job: the goal is within 10%. The length pair uses 96x72
+videos, so the 10 min one is quick to write.
 Writes OUT/memory.json.
 """
 
@@ -22,14 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import REPO, base_parser, print_table, run_process, write_result  # noqa: E402
 
 
-def make_videos(directory: Path, count: int, duration: float) -> dict:
+def make_videos(directory: Path, count: int, duration: float, small: bool = False) -> dict:
     from pipeline.synthetic.videos import SyntheticConfig, generate_synthetic_dataset
 
-    config = SyntheticConfig(num_videos=count, duration=duration, audio=False, seed=count)
+    size = {"width": 96, "height": 72} if small else {}
+    config = SyntheticConfig(num_videos=count, duration=duration, audio=False, seed=count, **size)
     return generate_synthetic_dataset(directory, config)
 
 
-def extract(data: dict, out: Path, clip_len: int, clip_stride: int) -> dict:
+def extract(data: dict, out: Path, clip_len: int, clip_stride: int, decoder: str = "auto") -> dict:
     command = [
         sys.executable,
         str(REPO / "jobs" / "extract.py"),
@@ -49,6 +52,8 @@ def extract(data: dict, out: Path, clip_len: int, clip_stride: int) -> dict:
         str(clip_stride),
         "--s3d-execution",
         "channels_last",  # the same model in every case, whatever the compile cache holds
+        "--decoder",
+        decoder,
     ]
     return run_process(command, env={"RAY_ADDRESS": "", "PYTHONWARNINGS": "ignore"}, memory=True)
 
@@ -56,6 +61,8 @@ def extract(data: dict, out: Path, clip_len: int, clip_stride: int) -> dict:
 def main(argv=None) -> dict:
     parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--clip-len", type=int, default=16)
+    parser.add_argument("--decoder", default="auto", help="auto, pyav, decord or torchcodec")
+    parser.add_argument("--only", choices=["videos", "length"], help="one comparison only")
     args = parser.parse_args(argv)
     clip_len = args.clip_len
     # (comparison, case, videos, seconds each, clip stride): a pair per comparison.
@@ -69,11 +76,16 @@ def main(argv=None) -> dict:
             ("length", "10 s video", 1, 10.0, sparse),
             ("length", "10 min video", 1, 600.0, sparse),
         ]
+    cases = [case for case in cases if args.only in (None, case[0])]
     work = Path(args.out) / "memory-work"
     rows = []
     for comparison, case, count, seconds, stride in cases:
-        data = make_videos(work / f"{count}x{seconds:g}s", count, seconds)
-        result = extract(data, work / f"store-{count}x{seconds:g}s-{stride}", clip_len, stride)
+        small = comparison == "length"
+        data = make_videos(
+            work / f"{count}x{seconds:g}s{'-small' if small else ''}", count, seconds, small
+        )
+        store = work / f"store-{count}x{seconds:g}s-{stride}-{args.decoder}"
+        result = extract(data, store, clip_len, stride, args.decoder)
         rows.append(
             {
                 "comparison": comparison,
@@ -101,7 +113,7 @@ def main(argv=None) -> dict:
         name: {"ratio": ratio, "flat_within_10pct": ratio <= 1.10} for name, ratio in growth.items()
     }
     print(", ".join(f"{name}: x{check['ratio']:.3f}" for name, check in checks.items()))
-    result = {"clip_len": clip_len, "rows": rows, "checks": checks}
+    result = {"clip_len": clip_len, "decoder": args.decoder, "rows": rows, "checks": checks}
     write_result(args.out, "memory", result)
     return result
 

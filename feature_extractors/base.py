@@ -72,7 +72,9 @@ class ClipInputs:
     """Clips of RGB frames: the video resampled to `fps`, resized to `resize` (H, W),
     centre-cropped to `crop`, cut into `clip_len` frames every `clip_stride` (resampled
     frames; tail rule: s3d.plan_clips). The extractor gets uint8 (N, clip_len, crop, crop, 3)
-    and returns one feature per clip."""
+    and returns one feature per clip. resize_method: "decoder" (scaled inside the decoder,
+    FFmpeg bilinear) or "exact" (native frames resized with torchvision's bilinear, as the
+    reference transforms of the weights)."""
 
     kind: str = field(default="clips", init=False)
     fps: float
@@ -80,6 +82,7 @@ class ClipInputs:
     crop: int
     clip_len: int
     clip_stride: int
+    resize_method: str = "decoder"
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ __all__ = [
     "COMPILE_BREAK_EVEN_CLIPS",
     "EXECUTION_MODES",
     "KINETICS400_FILE_NAME",
+    "RESIZE_METHODS",
     "ClipPlan",
     "S3DConfig",
     "S3DExtractor",
@@ -69,6 +70,7 @@ __all__ = [
     "load_compiled_package",
     "normalize_clips",
     "plan_clips",
+    "plan_clips_at",
     "preprocess_frames",
 ]
 
@@ -81,6 +83,7 @@ MIN_CROP = 224
 FEATURE_DIM = 1024
 
 EXECUTION_MODES = ("auto", "eager", "channels_last", "compile")
+RESIZE_METHODS = ("decoder", "exact")
 # "auto" builds a compiled package when the job has at least this many clip units (one unit:
 # a 64-frame 224x224 clip). Measured on a 2-core AVX2 CPU (benchmarks/s3d_cpu.py): the build
 # costs ~60-90 s of both cores, and each unit then takes ~0.7 s less than channels_last.
@@ -96,6 +99,9 @@ class S3DConfig:
     fps: frames are resampled to this rate before clipping. resize: (H, W) before the crop.
     clip_len / clip_stride: frames per clip and the step between clip starts, in resampled
     frames. channels_last: run the model in torch.channels_last_3d memory format.
+    resize_method: "decoder" scales frames inside the decoder (FFmpeg bilinear, fast; the
+    form of records that do not name it); "exact" resizes the native frames like
+    S3D_Weights.KINETICS400_V1.transforms() (bilinear, no antialiasing: see preprocess_frames).
     """
 
     weights: str = "random"
@@ -107,8 +113,11 @@ class S3DConfig:
     clip_len: int = 64
     clip_stride: int = 64
     channels_last: bool = False
+    resize_method: str = "decoder"
 
     def __post_init__(self) -> None:
+        if self.resize_method not in RESIZE_METHODS:
+            raise ValueError(f"resize_method must be one of {RESIZE_METHODS}")
         if self.fps <= 0:
             raise ValueError(f"fps must be > 0, got {self.fps}")
         if self.clip_len < MIN_CLIP_LEN:
@@ -137,10 +146,23 @@ class ClipPlan:
 def plan_clips(
     num_frames: int, native_fps: float, fps: float, clip_len: int, clip_stride: int
 ) -> list[ClipPlan]:
-    """Resample a video to `fps` and cut it into clips (pure; see S3DExtractor.clip_plan).
+    """Plan a constant-rate video: frame i at i / native_fps (see `plan_clips_at`)."""
+    if num_frames <= 0:
+        raise ValueError(f"cannot plan clips for a video with {num_frames} frames")
+    if native_fps <= 0:
+        raise ValueError(f"native_fps must be > 0, got {native_fps}")
+    times = np.arange(num_frames, dtype=np.float64) / native_fps
+    return plan_clips_at(times, num_frames / native_fps, fps, clip_len, clip_stride)
+
+
+def plan_clips_at(
+    times, duration: float, fps: float, clip_len: int, clip_stride: int
+) -> list[ClipPlan]:
+    """Resample a video whose frames play at `times` (seconds from the first frame,
+    increasing; constant or variable rate) to `fps` and cut it into clips (pure).
 
     Resampling: sampled frame k sits at t = k / fps, for every t inside the video
-    (t < num_frames / native_fps), and takes the native frame nearest to t (round half up),
+    (t < duration), and takes the frame whose time is nearest to t (the later one on a tie),
     clamped to the last frame. A native rate below `fps` therefore repeats frames.
 
     Clipping: clip j starts at sampled frame j * clip_stride. Full clips are always kept.
@@ -150,16 +172,18 @@ def plan_clips(
     the clip's first sampled frame, end_time the end of its last real one (capped at the
     video's duration).
     """
-    if num_frames <= 0:
-        raise ValueError(f"cannot plan clips for a video with {num_frames} frames")
-    if native_fps <= 0:
-        raise ValueError(f"native_fps must be > 0, got {native_fps}")
-    duration = num_frames / native_fps
+    times = np.asarray(times, dtype=np.float64)
+    if times.ndim != 1 or len(times) == 0:
+        raise ValueError(f"cannot plan clips for a video with {len(times)} frames")
+    if not duration > 0:
+        raise ValueError(f"duration must be > 0, got {duration}")
     # Small tolerance so that e.g. 300 frames at 30 fps -> exactly 150 samples at 15 fps.
     num_sampled = max(1, math.ceil(duration * fps - 1e-9))
-    sampled = [
-        min(num_frames - 1, math.floor(k * native_fps / fps + 0.5)) for k in range(num_sampled)
-    ]
+    targets = np.arange(num_sampled, dtype=np.float64) / fps
+    after = np.clip(np.searchsorted(times, targets - 1e-9), 0, len(times) - 1)
+    before = np.clip(after - 1, 0, len(times) - 1)
+    later = times[after] - targets <= targets - times[before] + 1e-9
+    sampled = np.where(later, after, before).tolist()
     plans: list[ClipPlan] = []
     for start in range(0, num_sampled, clip_stride):
         real = min(clip_len, num_sampled - start)
@@ -182,9 +206,11 @@ def plan_clips(
 def preprocess_frames(frames: np.ndarray, config: S3DConfig) -> np.ndarray:
     """uint8 (L, H, W, 3) RGB -> uint8 (L, crop, crop, 3), on CPU, no normalisation.
 
-    Resizes to config.resize (bilinear, antialiased, as torchvision's Resize on uint8
-    tensors) unless the frames already have that size, then centre-crops. A pure function
-    of the config, so decode workers need no model.
+    Resizes to config.resize unless the frames already have that size, then centre-crops.
+    resize_method "exact": bilinear without antialiasing, exactly what
+    S3D_Weights.KINETICS400_V1.transforms() does (torchvision hard-codes antialias=False
+    there); otherwise (frames the decoder did not scale) antialiased bilinear. A pure
+    function of the config, so decode workers need no model.
     """
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as vision_functional
@@ -193,8 +219,12 @@ def preprocess_frames(frames: np.ndarray, config: S3DConfig) -> np.ndarray:
         raise ValueError(f"expected uint8 (L, H, W, 3) frames, got {frames.dtype} {frames.shape}")
     images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (L, 3, H, W)
     if tuple(images.shape[-2:]) != tuple(config.resize):
+        antialias = getattr(config, "resize_method", "decoder") != "exact"
         images = vision_functional.resize(
-            images, list(config.resize), interpolation=InterpolationMode.BILINEAR, antialias=True
+            images,
+            list(config.resize),
+            interpolation=InterpolationMode.BILINEAR,
+            antialias=antialias,
         )
     images = vision_functional.center_crop(images, [config.crop, config.crop])
     return images.permute(0, 2, 3, 1).contiguous().numpy()  # (L, crop, crop, 3)
@@ -401,7 +431,16 @@ class S3DExtractor(Extractor):
             crop=config.crop,
             clip_len=config.clip_len,
             clip_stride=config.clip_stride,
+            resize_method=config.resize_method,
         )
+
+    def describe(self) -> dict:
+        """The record; resize_method "decoder" is left out, as in the records written before
+        the field existed (their features and setup keys stay valid)."""
+        record = super().describe()
+        if record["config"].get("resize_method") == "decoder":
+            del record["config"]["resize_method"]
+        return record
 
     @property
     def output_dim(self) -> int:

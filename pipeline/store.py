@@ -4,7 +4,7 @@ Layout of a store directory::
 
     dataset.json         name, task, class_names, modalities {name: {dim, extractor, ...}}
     shard-00000.parquet  video_id, split, label | labels, visual, text, audio (+ extra columns)
-    _failures/*.parquet  video_id, path, stage, error
+    _failures/*.parquet  video_id, path, stage, error (+ reason, modality, attempts, time)
     _parts/...           staging area of the extraction job (ignored by readers)
 
 Readers accept any number of ``*.parquet`` files in any row order and skip every
@@ -19,6 +19,14 @@ by a lowercase identifier that is no other column's name (not ``video_id``, ``sp
 ``{dim, extractor, weights, config}`` and a ``list<list<float32>>`` column of that width,
 null where missing; validation checks them as it checks the three. Readers that know only
 the contract's modalities ignore them, as they ignore ``visual_clip_times``.
+
+Format 2 (``dataset.json`` ``format_version: 2``; absent means 1, read the same way) adds,
+beyond the contract: per clip modality a ``<modality>_decode`` struct column (DECODE_RECORD:
+the backend that decoded the video, codec, rotation applied, frames, duration, variable
+rate); a ``decoding`` record in ``dataset.json`` (the decoder policy); and failure rows that
+are current: one per (video_id, modality) with ``reason`` (timeout, crashed, undecodable,
+not_found, ...), ``attempts`` and ``time`` of the latest one. Format-1 failure files (one
+file per run, rows repeated) are read, merged and replaced by the next run.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ from pipeline.common.atomic import atomic_write_bytes, atomic_write_table, atomi
 
 __all__ = [
     "DATASET_JSON",
+    "DECODE_RECORD",
+    "FORMAT_VERSION",
     "FAILURES_DIR",
     "MODALITY_DIMS",
     "SPLITS",
@@ -54,6 +64,7 @@ __all__ = [
     "read_dataset_json",
     "read_failures",
     "read_store",
+    "record_failures",
     "sequence_to_numpy",
     "split_sizes",
     "store_schema",
@@ -75,6 +86,21 @@ RESERVED_COLUMNS = ("video_id", "split", "label", "labels", "bucket")
 MODALITY_DIMS = {"visual": 1024, "audio": 128}
 
 SEQUENCE = pa.list_(pa.list_(pa.float32()))
+FORMAT_VERSION = 2
+# How each video of a clip modality was decoded (column <modality>_decode, format 2).
+DECODE_RECORD = pa.struct(
+    [
+        pa.field("backend", pa.string()),
+        pa.field("codec", pa.string()),
+        pa.field("rotation", pa.int32()),
+        pa.field("frames", pa.int32()),
+        pa.field("duration", pa.float32()),
+        pa.field("variable_rate", pa.bool_()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+    ]
+)
+CURRENT_FAILURES = "failures.parquet"
 
 
 class StoreError(ValueError):
@@ -109,12 +135,17 @@ def store_schema(task: str) -> pa.Schema:
 
 
 def failure_schema() -> pa.Schema:
+    """The contract's four columns, then format 2's current-row columns."""
     return pa.schema(
         [
             pa.field("video_id", pa.string()),
             pa.field("path", pa.string()),
             pa.field("stage", pa.string()),
             pa.field("error", pa.string()),
+            pa.field("reason", pa.string()),
+            pa.field("modality", pa.string()),
+            pa.field("attempts", pa.int32()),
+            pa.field("time", pa.string()),
         ]
     )
 
@@ -166,7 +197,7 @@ def check_modality_name(name: Any, where: str | os.PathLike = "dataset.json") ->
         return
     if not (isinstance(name, str) and name.isidentifier() and name == name.lower()):
         raise StoreError(f"{where}: unknown modality {name!r} (extra ones: lowercase identifiers)")
-    if name in RESERVED_COLUMNS or name.endswith("_clip_times"):
+    if name in RESERVED_COLUMNS or name.endswith(("_clip_times", "_decode")):
         raise StoreError(f"{where}: unknown modality {name!r} (the name of another column)")
 
 
@@ -268,11 +299,9 @@ def _check_labels(table: pa.Table, column: str, num_classes: int, path: str) -> 
 
 
 def write_failures(root: str | os.PathLike, rows: Iterable[dict[str, str]], tag: str) -> int:
-    """Record failed videos as one atomic Parquet file ``_failures/<tag>.parquet``."""
-    rows = [
-        {key: None if row.get(key) is None else str(row.get(key)) for key in failure_schema().names}
-        for row in rows
-    ]
+    """Record failed videos as one atomic Parquet file ``_failures/<tag>.parquet`` (as is;
+    the extraction job keeps current rows with :func:`record_failures`)."""
+    rows = [_failure_row(row) for row in rows]
     if not rows:
         return 0
     table = pa.Table.from_pylist(rows, schema=failure_schema())
@@ -280,9 +309,93 @@ def write_failures(root: str | os.PathLike, rows: Iterable[dict[str, str]], tag:
     return len(rows)
 
 
+def _failure_row(row: dict) -> dict:
+    values = {}
+    for field in failure_schema():
+        value = row.get(field.name)
+        if value is not None and field.name != "attempts":
+            value = str(value)
+        values[field.name] = value
+    return values
+
+
+def record_failures(
+    root: str | os.PathLike,
+    modality: str,
+    rows: Iterable[dict],
+    resolved: Iterable[str] = (),
+    now: str | None = None,
+) -> int:
+    """Make ``_failures/`` hold the current failures after a run of ``modality``.
+
+    ``rows``: this run's failures of the modality (video_id, path, stage, error, reason);
+    ``resolved``: its videos that have features now (their old failures go). Every other
+    modality's rows stay. One row per (video_id, modality): the latest failure, with
+    ``attempts`` counting the runs that failed it. Written as one atomic file; the files of
+    earlier runs (format 1, one per run) are merged in and then removed. Returns the
+    number of current failures of ``modality``.
+    """
+    import datetime
+
+    directory = Path(root) / FAILURES_DIR
+    now = now or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    old_files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+    current = {(row["video_id"], row["modality"]): row for row in _current_failures(old_files)}
+    for video_id in resolved:
+        current.pop((video_id, modality), None)
+    written = 0
+    for row in rows:
+        key = (row["video_id"], modality)
+        previous = current.get(key)
+        attempts = (previous["attempts"] if previous else 0) + 1
+        current[key] = _failure_row(
+            {**row, "modality": modality, "attempts": attempts, "time": now}
+        )
+        written += 1
+    target = directory / CURRENT_FAILURES
+    if current or target.exists():
+        ordered = [current[key] for key in sorted(current)]
+        atomic_write_table(pa.Table.from_pylist(ordered, schema=failure_schema()), target)
+    for path in old_files:
+        if path != target:
+            path.unlink(missing_ok=True)
+    return sum(1 for key in current if key[1] == modality)
+
+
+def _current_failures(files: list[Path]) -> list[dict]:
+    """Rows of failure files of either format, one per (video_id, modality), latest wins."""
+    merged: dict[tuple, dict] = {}
+    for path in sorted(
+        files, key=lambda path: (path.name == CURRENT_FAILURES, path.stat().st_mtime)
+    ):
+        table = pq.read_table(path)
+        modality = path.stem.split("-")[0]  # format 1: <modality>-<run>.parquet
+        for row in table.to_pylist():
+            row = _failure_row({"modality": modality, **row})
+            row["modality"] = row["modality"] or modality
+            key = (row["video_id"], row["modality"])
+            attempts = row["attempts"] or 1
+            if row["attempts"] is None and key in merged:  # format 1: a row per run
+                attempts += merged[key]["attempts"]
+            row["attempts"] = attempts
+            row["reason"] = row["reason"] or "error"
+            row["time"] = row["time"] or _mtime(path)
+            merged[key] = row
+    return list(merged.values())
+
+
+def _mtime(path: Path) -> str:
+    import datetime
+
+    stamp = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc)
+    return stamp.isoformat(timespec="seconds")
+
+
 def read_failures(root: str | os.PathLike) -> pa.Table:
+    """The current failures (format 2 columns; format-1 files merged to one row per video
+    and modality)."""
     directory = Path(root) / FAILURES_DIR
     files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
     if not files:
         return failure_schema().empty_table()
-    return pa.concat_tables([pq.read_table(path) for path in files])
+    return pa.Table.from_pylist(_current_failures(files), schema=failure_schema())

@@ -108,7 +108,7 @@ def test_rebuilt_from_record_gives_identical_features(name):
 # The fields each input kind must declare (feature_extractors/base.py), and how each kind's
 # declaration binds the extractor's own input contract (example_input).
 INPUT_FIELDS = {
-    "clips": {"kind", "fps", "resize", "crop", "clip_len", "clip_stride"},
+    "clips": {"kind", "fps", "resize", "crop", "clip_len", "clip_stride", "resize_method"},
     "waveform": {"kind", "sample_rate", "window_seconds", "hop_seconds"},
     "captions": {"kind"},
 }

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow  # every benchmark script runs end to end (minutes
 
 REPO = Path(__file__).resolve().parents[1]
 # extraction has its own test below
-SCRIPTS = ["limits", "s3d_cpu", "s3d_layers", "memory", "training"]
+SCRIPTS = ["limits", "s3d_cpu", "s3d_layers", "memory", "training", "decoders"]
 
 
 def run(command: list[str], out: Path) -> dict:

@@ -4,8 +4,10 @@ One Ray Data pipeline per modality, fed with rows of *paths* (never whole videos
 from what the modality's registered extractor declares (``Extractor.requirements``): the
 decode step of its input kind, then one ``ExtractorActor`` pool:
 
-    visual (s3d, clips):    paths -> decode clips (CPU tasks, decord seeks, one clip in
-                            memory) -> S3D (actor pool, GPU when present) -> clip features
+    visual (s3d, clips):    paths -> decode clips (CPU tasks; pipeline.decode: the --decoder
+                            backend in a killable child under a deadline, clips at the
+                            frames' real times, one clip in memory) -> S3D (actor pool,
+                            GPU when present) -> clip features
     text (text, captions):  captions -> text encoder (actor pool), batched across videos
     audio (vggish, waveform): paths -> decode audio + log-mel examples (CPU tasks) -> VGGish
 
@@ -14,13 +16,17 @@ Any other registered extractor runs the same way: ``extract_features(config, ext
 
 The driver collects finished videos and writes them in small atomic Parquet parts under
 ``_parts/<modality>-<config hash>/``; a rerun skips every video already there, so a killed
-run resumes where it stopped. Failures are rows in ``_failures/``. At the end the parts
-are compacted into the store's ``shard-*.parquet`` files, one shard per hash bucket of
+run resumes where it stopped. Failures are rows in ``_failures/``: one current row per video
+and modality (stage, reason, error, attempts, time); a rerun retries them and removes the
+rows of videos that now decode. Each video's decode record (backend, rotation, ...) is the
+``<modality>_decode`` column, the decoder policy ``dataset.json``'s ``decoding``. At the end
+the parts are compacted into the store's ``shard-*.parquet`` files, one shard per hash bucket of
 ``video_id`` and each replaced atomically, so a video is in exactly one file at any time.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -40,6 +46,7 @@ from pipeline.common.configs import check_choices
 from pipeline.extract.workers import (
     BATCH_FORMATS,
     FAILURE_STAGES,
+    DecodeOptions,
     ExtractorActor,
     prepare_clips,
     prepare_waveform,
@@ -49,6 +56,8 @@ from pipeline.store import Modality, Task
 
 __all__ = [
     "ExtractConfig",
+    "decode_options",
+    "decoding_record",
     "extract_features",
     "extract_modality",
     "extractor_configs",
@@ -67,6 +76,9 @@ Dataset = Literal["msrvtt", "activitynet"]
 # How S3D runs: the modes of feature_extractors.s3d.EXECUTION_MODES (a test keeps them equal).
 S3DExecution = Literal["auto", "eager", "channels_last", "compile"]
 TextPooling = Literal["mean", "cls"]  # feature_extractors.text.POOLINGS
+# Video decoder backends (pipeline.decode.backends.BACKENDS) and the policy over them.
+Decoder = Literal["auto", "pyav", "decord", "torchcodec"]
+ResizeMethod = Literal["decoder", "exact"]  # feature_extractors.s3d.RESIZE_METHODS
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,16 @@ class ExtractConfig:
     fps: float = 15.0  # frames per second the videos are decoded at
     clip_len: int = 64  # frames per S3D clip
     clip_stride: int = 64  # frames between the starts of consecutive clips
+    # S3D resize: decoder (FFmpeg bilinear while decoding, fast) or exact (torchvision's
+    # bilinear on native frames, as S3D_Weights.KINETICS400_V1.transforms())
+    resize_method: ResizeMethod = "decoder"
+    # video decoder: auto (the fastest installed backend that decodes each file, falling
+    # back per video), pyav, decord or torchcodec (the optional extra)
+    decoder: Decoder = "auto"
+    decode_timeout: float = 60.0  # seconds a video may take to open, and at least to decode
+    decode_seconds_per_second: float = 2.0  # decode deadline per second of video (if longer)
+    # decode in a killable child process under the deadline (off: in the worker, no deadline)
+    decode_guard: bool = True
     channels_last: bool = False  # eager S3D in channels_last_3d memory layout (recorded)
     text_model: str = "default"  # text encoder: default (MiniLM wheel), a local dir or a hub id
     text_pooling: TextPooling = "mean"  # sentence vector: mean over tokens, or the CLS token
@@ -144,6 +166,7 @@ def extractor_configs(config: ExtractConfig) -> dict[str, tuple[str, dict]]:
                 "clip_len": config.clip_len,
                 "clip_stride": config.clip_stride,
                 "channels_last": config.channels_last,
+                **({"resize_method": "exact"} if config.resize_method == "exact" else {}),
             },
         ),
         "text": ("text", {"model": config.text_model, "pooling": config.text_pooling}),
@@ -285,10 +308,12 @@ def extract_modality(config, modality, description, rows, out, use_gpu, shift=No
         if row.video_id in done:
             tally.skipped += 1
         elif row.path is None and kind != "captions":
-            tally.failures.append(_failure(row.video_id, None, "manifest", "video file not found"))
+            tally.failures.append(
+                _failure(row.video_id, None, "manifest", "video file not found", "not_found")
+            )
         elif kind == "captions" and not row.captions:
             tally.failures.append(
-                _failure(row.video_id, row.path, FAILURE_STAGES[kind], "no captions")
+                _failure(row.video_id, row.path, FAILURE_STAGES[kind], "no captions", "no_captions")
             )
         else:
             todo.append(row)
@@ -303,7 +328,7 @@ def extract_modality(config, modality, description, rows, out, use_gpu, shift=No
     tally.seconds = time.perf_counter() - started
     tally.ok = writer.written
     tally.failed = len(tally.failures)
-    store.write_failures(out, tally.failures, f"{modality}-{uuid.uuid4().hex[:8]}")
+    store.record_failures(out, modality, tally.failures, resolved=done | writer.ids)
     logger.info(
         f"[extract] {modality}: {tally.ok} ok, {tally.failed} failed, {tally.skipped} skipped "
         f"in {tally.seconds:.1f} s"
@@ -311,8 +336,14 @@ def extract_modality(config, modality, description, rows, out, use_gpu, shift=No
     return tally
 
 
-def _failure(video_id, path, stage, error) -> dict:
-    return {"video_id": video_id, "path": path, "stage": stage, "error": error}
+def _failure(video_id, path, stage, error, reason="error") -> dict:
+    return {
+        "video_id": video_id,
+        "path": path,
+        "stage": stage,
+        "error": error,
+        "reason": reason or "error",
+    }
 
 
 def _requirements(description: dict):
@@ -356,6 +387,7 @@ def _build_dataset(config, modality, description, todo, use_gpu, shift=None):
             fn_kwargs={
                 "extractor_class": extractor_class,
                 "config": extractor_config,
+                "decode": decode_options(config),
                 **({"shift": shift} if shift else {}),
             },
             num_cpus=config.decode_cpus,
@@ -376,6 +408,34 @@ def _build_dataset(config, modality, description, todo, use_gpu, shift=None):
         num_gpus=num_gpus,
         num_cpus=config.model_cpus,
     )
+
+
+def decode_options(config) -> DecodeOptions:
+    """The decode step's options from a job config's decoder fields."""
+    return DecodeOptions(
+        decoder=config.decoder,
+        min_seconds=config.decode_timeout,
+        seconds_per_second=config.decode_seconds_per_second,
+        guarded=config.decode_guard,
+    )
+
+
+def decoding_record(config) -> dict:
+    """dataset.json's ``decoding``: the policy, the installed backends and the deadline."""
+    from pipeline.decode import AUTO_ORDER, available_backends
+
+    installed = [name for name, reason in available_backends().items() if reason is None]
+    return {
+        "decoder": config.decoder,
+        "auto_order": [name for name in AUTO_ORDER if name in installed],
+        "installed": installed,
+        "deadline": {
+            "min_seconds": config.decode_timeout,
+            "seconds_per_second": config.decode_seconds_per_second,
+            "guarded": config.decode_guard,
+        },
+        "timestamps": "presentation",
+    }
 
 
 def _extractor_options(config: ExtractConfig, extractor_class, requirements, todo) -> dict:
@@ -407,6 +467,7 @@ class _PartWriter:
         self.directory, self.modality, self.flush_every = directory, modality, flush_every
         self.rows: list[dict] = []
         self.written = 0
+        self.ids: set[str] = set()
 
     def add(self, video_id: str, features: np.ndarray, **extra) -> None:
         self.rows.append({"video_id": video_id, "features": features, **extra})
@@ -423,15 +484,30 @@ class _PartWriter:
         }
         if "times" in self.rows[0]:  # clip extractors: clip start/end seconds
             columns[_clip_times(self.modality)] = _sequences([row["times"] for row in self.rows])
+        if "decode" in self.rows[0]:  # clip extractors: how the video was decoded
+            records = [row["decode"] for row in self.rows]
+            columns[_decode_column(self.modality)] = pa.array(records, store.DECODE_RECORD)
         store.atomic_write_table(
             pa.table(columns), self.directory / f"part-{uuid.uuid4().hex}.parquet"
         )
         self.written += len(self.rows)
+        self.ids.update(row["video_id"] for row in self.rows)
         self.rows = []
 
 
 def _clip_times(modality: str) -> str:
     return f"{modality}_clip_times"  # visual: visual_clip_times
+
+
+def _decode_column(modality: str) -> str:
+    return f"{modality}_decode"  # visual: visual_decode (store format 2)
+
+
+def _decode_record(text: str) -> dict | None:
+    if not text:
+        return None
+    record = json.loads(text)
+    return {name: record.get(name) for name in store.DECODE_RECORD.names}
 
 
 def _bucket(video_id: str) -> int:
@@ -462,8 +538,9 @@ def _collect_clips(dataset, modality, writer: _PartWriter, tally: _Tally) -> Non
             if error:
                 failed.add(video_id)
                 pending.pop(video_id, None)
-                stage = str(batch["stage"][index])
-                tally.failures.append(_failure(video_id, str(batch["path"][index]), stage, error))
+                stage, reason = str(batch["stage"][index]), str(batch["reason"][index])
+                path = str(batch["path"][index])
+                tally.failures.append(_failure(video_id, path, stage, error, reason))
                 continue
             clips = pending.setdefault(video_id, {})
             times = (float(batch["start_time"][index]), float(batch["end_time"][index]))
@@ -475,6 +552,7 @@ def _collect_clips(dataset, modality, writer: _PartWriter, tally: _Tally) -> Non
                     video_id,
                     np.stack([feature for feature, _ in ordered]),
                     times=np.asarray([times for _, times in ordered], np.float32),
+                    decode=_decode_record(str(batch["decode"][index])),
                 )
                 del pending[video_id]
         _progress(modality, writer, tally)
@@ -485,7 +563,9 @@ def _collect_rows(dataset, modality, writer: _PartWriter, tally: _Tally) -> None
         for row in batch.to_pylist():
             if row["error"]:
                 tally.failures.append(
-                    _failure(row["video_id"], row["path"], row["stage"], row["error"])
+                    _failure(
+                        row["video_id"], row["path"], row["stage"], row["error"], row["reason"]
+                    )
                 )
             else:
                 features = np.asarray(row["features"], np.float32).reshape(-1, *row["shape"])
@@ -549,13 +629,17 @@ def _merged_metadata(out: Path, manifest, descriptions: dict, config: ExtractCon
             "split_scheme": config.split_scheme,
         },
         "extract_config": {k: v for k, v in asdict(config).items() if k != "out"},
+        "format_version": store.FORMAT_VERSION,
+        "decoding": decoding_record(config),
     }
 
 
 def _read_parts(files, modality, buckets) -> tuple[dict[str, int], pa.Table | None]:
     if not files:
         return {}, None
-    table = pq.read_table(files, filters=[("bucket", "in", buckets)])
+    # Parts written before the decode column existed lack it: read them all as one schema.
+    schema = pa.unify_schemas([pq.read_schema(path) for path in files])
+    table = pq.read_table(files, filters=[("bucket", "in", buckets)], schema=schema)
     keep = {}
     for index, video_id in enumerate(table.column("video_id").to_pylist()):
         keep.setdefault(video_id, index)  # a part written twice by racing runs: first wins
@@ -580,7 +664,8 @@ def _shard_table(ids, by_id, features, task, label_column) -> pa.Table:
             continue
         take = pa.array([index.get(i) for i in ids], pa.int64())
         columns[modality] = table.column(modality).take(take)
-        if _clip_times(modality) in table.column_names:  # beyond the contract: clip seconds
-            clip_times[_clip_times(modality)] = table.column(_clip_times(modality)).take(take)
+        for extra in (_clip_times(modality), _decode_column(modality)):  # beyond the contract
+            if extra in table.column_names:
+                clip_times[extra] = table.column(extra).take(take)
     columns.update(clip_times)
     return pa.table(columns)

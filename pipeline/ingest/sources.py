@@ -45,7 +45,26 @@ __all__ = [
     "tar_index",
 ]
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+# Every container FFmpeg reads that users hold videos in; on a tie (one id, two files) the
+# earlier extension wins.
+VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".mkv",
+    ".webm",
+    ".avi",
+    ".mov",
+    ".m4v",
+    ".ts",
+    ".m2ts",
+    ".mts",
+    ".3gp",
+    ".flv",
+    ".mpg",
+    ".mpeg",
+    ".wmv",
+    ".ogv",
+    ".mxf",
+)
 ARCHIVE_SEPARATOR = "::"  # "<archive.tar>::<member name>" addresses one member of an archive
 _ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _LIST_SUFFIXES = (".txt", ".lst")
@@ -83,8 +102,10 @@ def _list_files(root: str, *, recursive: bool) -> list[tuple[str, str]]:
     except (FileNotFoundError, NotADirectoryError, OSError) as error:
         raise ManifestError(f"{root}: cannot list video directory: {error}") from error
     base = base.rstrip("/")
+    # Unknown: special files (a named pipe): listed, so the decode step records what they do.
+    readable = (pafs.FileType.File, pafs.FileType.Unknown)
     relatives = sorted(
-        info.path[len(base) :].lstrip("/") for info in infos if info.type == pafs.FileType.File
+        info.path[len(base) :].lstrip("/") for info in infos if info.type in readable
     )
     return [(relative, _join(root, relative)) for relative in relatives]
 

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from pipeline import store
 from pipeline.artifact import ExtractorSetup, model_id, read_checkpoint_info, resolve_model_dir
 from pipeline.common.configs import check_choices
-from pipeline.extract.job import ExtractConfig, extract_modality, parts_directory
+from pipeline.extract.job import Decoder, ExtractConfig, extract_modality, parts_directory
 
 __all__ = [
     "CRIFScorer",
@@ -71,6 +71,10 @@ class ScoreConfig:
     video_batch_size: int = 64  # videos per CRIF model call
     model_actors: int | None = None  # actors per model (default: GPUs when present, else 1)
     use_gpu: bool | None = None  # run the models on GPUs (default: when the cluster has them)
+    # video decoder: auto (the fastest installed backend that decodes each file), pyav,
+    # decord or torchcodec; the features' preprocessing is the model's either way
+    decoder: Decoder = "auto"
+    decode_timeout: float = 60.0  # seconds a video may take to open, and at least to decode
 
     def __post_init__(self):
         if (self.videos is None) == (self.features is None):
@@ -270,6 +274,8 @@ def _features(config: ScoreConfig, info: dict, out: Path, use_gpu: bool):
         videos=str(config.videos),
         clip_batch_size=config.clip_batch_size,
         model_actors=config.model_actors,
+        decoder=config.decoder,
+        decode_timeout=config.decode_timeout,
     )
     return {row.video_id: row.path for row in rows}, failures, files, manifest.skipped
 
@@ -284,12 +290,15 @@ def extract_visual(
     videos: str = "",
     clip_batch_size: int = 4,
     model_actors: int | None = None,
+    decoder: str = "auto",
+    decode_timeout: float = 60.0,
 ) -> tuple[list[str], list[dict]]:
     """S3D features of manifest ``rows``, made exactly as ``description`` says, under ``out``.
 
     The extraction job's own pipeline (resumable parts); ``shift`` simulates a camera shift
-    at decode time (pipeline.score.shifts; give each shift its own ``out``). Returns (part files,
-    failure rows of these videos).
+    at decode time (pipeline.score.shifts; give each shift its own ``out``); ``decoder`` and
+    ``decode_timeout``: the decode step's policy and deadline (ExtractConfig). Returns (part
+    files, failure rows of these videos).
     """
     s3d = description["config"]
     extract_config = ExtractConfig(
@@ -301,6 +310,9 @@ def extract_visual(
         clip_len=s3d["clip_len"],
         clip_stride=s3d["clip_stride"],
         channels_last=s3d.get("channels_last", False),
+        resize_method=s3d.get("resize_method", "decoder"),
+        decoder=decoder,
+        decode_timeout=decode_timeout,
         clip_batch_size=clip_batch_size,
         model_actors=model_actors,
         use_gpu=use_gpu,

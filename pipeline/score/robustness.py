@@ -35,6 +35,7 @@ from pipeline.common.atomic import atomic_write_json, atomic_write_text
 from pipeline.common.configs import check_choices
 from pipeline.common.plots import pyplot
 from pipeline.common.tables import format_number, markdown_table
+from pipeline.extract.job import Decoder
 from pipeline.ingest.manifest import SplitScheme, read_msrvtt
 from pipeline.score.batch import extract_visual, scoring_pipeline, visual_description
 from pipeline.score.shifts import SEVERITIES, SHIFTS, shift_tag, validate_shift
@@ -76,6 +77,10 @@ class RobustnessConfig:
     quick: bool = False  # severity 2 only and 24 videos (explicit values win)
     s3d_weights: str | None = None  # a local S3D .pth when the models were trained on one
     clip_batch_size: int = 4  # S3D clips per model call
+    # video decoder: auto (the fastest installed backend that decodes each file), pyav,
+    # decord or torchcodec
+    decoder: Decoder = "auto"
+    decode_timeout: float = 60.0  # seconds a video may take to open, and at least to decode
     video_batch_size: int = 64  # videos per CRIF model call
     model_actors: int | None = None  # actors per model (default: GPUs when present, else 1)
     use_gpu: bool | None = None  # run the models on GPUs (default: when the cluster has them)
@@ -176,6 +181,8 @@ def _features(config, setup, shift, rows, out: Path, metadata, use_gpu) -> list[
         shift=shift,
         clip_batch_size=config.clip_batch_size,
         model_actors=config.model_actors,
+        decoder=config.decoder,
+        decode_timeout=config.decode_timeout,
     )
     return files
 

@@ -31,6 +31,7 @@ from pipeline.train.trainer import STRATEGIES, Strategy, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 VERBS = ("extract", "train", "tune", "experiments", "score", "crosscam", "robustness", "demo")
+VERBS += ("export", "edge_score")
 # Which dataclass each recipe file loads into, by file-name prefix; a new file needs a row.
 RECIPES = {"demo": DemoConfig, "crosscam-": BenchmarkPlan, "train-": TrainConfig}
 PATHS = {TrainConfig: {"features": "f", "out": "o"}}  # fields a recipe leaves to the flags
@@ -75,10 +76,10 @@ def test_job_files_run_without_path_hacks():
 def test_console_entry_points_name_the_jobs_main_functions():
     document = tomllib.loads((REPO / "pyproject.toml").read_text())
     scripts = document["project"]["scripts"]
-    assert set(scripts) == {f"crif-{verb}" for verb in VERBS}
+    assert set(scripts) == {f"crif-{verb.replace('_', '-')}" for verb in VERBS}
     for name, target in scripts.items():
         module, _, function = target.partition(":")
-        assert getattr(importlib.import_module(module), function) is _job(name[5:]).main
+        assert getattr(importlib.import_module(module), function) is _job(name[5:].replace('-', '_')).main
     assert "jobs*" in document["tool"]["setuptools"]["packages"]["find"]["include"]
 
 

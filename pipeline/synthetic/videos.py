@@ -229,10 +229,12 @@ def _render_frames(
     rng: np.random.Generator,
     scene: int | None = None,
     sizes: list[float] | None = None,
+    shades: list[tuple[float, float]] | None = None,
 ) -> np.ndarray:
     """Clean frames (T, H, W, 3) uint8: textured background, distractor, one object a class.
     ``scene``: the background is that class's fixed scene (low-frequency colours of its own).
-    ``sizes`` receives each class object's radius relative to its range, in [0, 1]."""
+    ``sizes`` receives each class object's radius relative to its range, in [0, 1], ``shades``
+    its (saturation, value) likewise."""
     count, height, width = round(config.duration * config.fps), config.height, config.width
     times = np.arange(count, dtype=np.float32) / config.fps
     grid = rng.uniform(30, 200, (1, 4, 5, 3)).astype(np.float32)  # low-frequency colours
@@ -254,14 +256,17 @@ def _render_frames(
         objects.append((shape, hue, direction, speed, unit * relative * config.object_scale))
         if sizes is not None:
             sizes.append((relative - 0.09) / 0.05)
-    for shape_index, object_hue, angle, object_speed, radius in objects:
+    for number, (shape_index, object_hue, angle, object_speed, radius) in enumerate(objects):
         velocity = object_speed * width
         x = _bounce(rng.uniform(radius, width - radius), velocity * math.cos(angle), times,
                     radius, width - radius)  # fmt: skip
         y = _bounce(rng.uniform(radius, height - radius), velocity * math.sin(angle), times,
                     radius, height - radius)  # fmt: skip
         mask = _SHAPES[shape_index](columns - x[:, None, None], rows - y[:, None, None], radius)
-        frames[mask] = 255 * _hsv_to_rgb(object_hue, rng.uniform(0.55, 0.9), rng.uniform(0.6, 0.95))
+        saturation, value = rng.uniform(0.55, 0.9), rng.uniform(0.6, 0.95)
+        frames[mask] = 255 * _hsv_to_rgb(object_hue, saturation, value)
+        if shades is not None and number > 0:  # the class objects, not the distractor
+            shades.append(((saturation - 0.55) / 0.35, (value - 0.6) / 0.35))
     frames *= rng.uniform(0.9, 1.1)  # per-video illumination
     return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
 
@@ -290,21 +295,32 @@ def _render_audio(
 
 
 _SIZE_WORDS = ("small", "medium-sized", "big")
+_VALUE_WORDS = ("dark", "", "bright")
+_SATURATION_WORDS = ("pale", "", "vivid")
+
+
+def _word(words: tuple[str, ...], position: float) -> str:
+    """The word of ``position`` in [0, 1] among equal bins."""
+    return words[min(int(position * len(words)), len(words) - 1)]
 
 
 def _captions(
     labels: tuple[int, ...],
     count: int,
     rng: np.random.Generator,
-    sizes: list[float] | None = None,
+    described: tuple[list, list] | None = None,
 ) -> list[str]:
     """Template sentences with a word of each class, a subject, distractor and filler words;
-    with ``sizes``, each class word says how big its object is."""
+    with ``described`` (sizes and shades of the class objects), each class word also says how
+    big, how light and how vivid its object is."""
     captions = []
-    size_words = [
-        _SIZE_WORDS[min(int(size * len(_SIZE_WORDS)), len(_SIZE_WORDS) - 1)] + " "
-        for size in (sizes if sizes is not None else [])
-    ] or [""] * len(labels)
+    size_words = [""] * len(labels)
+    if described is not None:
+        size_words = [
+            f"{_word(_SIZE_WORDS, size)} {_word(_VALUE_WORDS, value)} "
+            f"{_word(_SATURATION_WORDS, saturation)} "
+            for size, (saturation, value) in zip(*described, strict=True)
+        ]
     for _ in range(count):
         template = _TEMPLATES[rng.integers(len(_TEMPLATES))]
         text = template.format(
@@ -527,7 +543,9 @@ def _make_video(
     bias = config.scene_bias  # (no draw at 0: the default dataset is unchanged)
     scene = labels[0] if split != "test" and bias > 0 and rng.random() < bias else None
     sizes: list[float] = []
-    frames = apply_camera(_render_frames(config, labels, rng, scene, sizes), camera, rng)
+    shades: list[tuple[float, float]] = []
+    frames = _render_frames(config, labels, rng, scene, sizes, shades)
+    frames = apply_camera(frames, camera, rng)
     audio = _render_audio(config, labels, rng) if audio_codec else None
     _write_video(videos_dir / f"{video_id}.mp4", frames, audio, config)
     entry = {"category": labels[0], "url": f"synthetic://{camera.name}/{video_id}",
@@ -535,5 +553,5 @@ def _make_video(
              "split": split, "id": index, "camera": camera.name}  # fmt: skip
     if len(labels) > 1:  # every class of the video (the ActivityNet ground truth)
         entry["categories"] = list(labels)
-    described = sizes if config.describe_objects else None
+    described = (sizes, shades) if config.describe_objects else None
     return entry, _captions(labels, config.captions_per_video, rng, described)

@@ -1,15 +1,18 @@
 """The synthetic cross-camera benchmark: does the privileged modality help on unseen cameras?
 
-Trains baseline / align / inference / fusion / full x GRU / ViLT x 3 seeds on generated
-features (pipeline/synthetic/crosscam.py) and writes OUT/benchmark.md and OUT/benchmark.json
-(Acc-1 / Acc-5 on the unseen test cameras, mean and spread over seeds):
+Trains every ablation (baseline / align / inference / fusion / full) x strategy (end2end,
+multistage) x semantic-gradient mode x backbone x seed on generated features
+(pipeline/synthetic/crosscam.py) and writes OUT/benchmark.md and OUT/benchmark.json (Acc-1 /
+Acc-5 on the unseen test cameras, mean and spread over seeds, gain over the baseline):
 
-    python jobs/crosscam.py --out outputs/benchmark            # about 5-10 minutes on 2 CPUs
+    python jobs/crosscam.py --out outputs/benchmark            # about 10 minutes on 2 CPUs
+    python jobs/crosscam.py --out outputs/crosscam-hard --config configs/crosscam-hard.yaml
     python jobs/crosscam.py --out outputs/benchmark-quick --quick   # smoke test, ~1 minute
     ray job submit --working-dir . -- python jobs/crosscam.py --out /mnt/shared/benchmark
 
 The plan is configs/crosscam-full.yaml (--quick: configs/crosscam-quick.yaml; --config: any
-BenchmarkPlan file); --seeds, --backbones, ... override it. Each cell runs the project's
+BenchmarkPlan file, e.g. configs/crosscam-hard.yaml: each training camera films mostly its
+own class); --seeds, --backbones, --strategies, ... override it. Each cell runs the project's
 training loop through build_trainer in Ray Train local mode (one process per cell, cells in
 parallel as Ray tasks of one CPU each).
 """

@@ -24,9 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ray
+
 from pipeline.common import cli
 from pipeline.common.configs import build_config
 from pipeline.common.logs import console_to_file
+from pipeline.common.ray_utils import init_ray
 from pipeline.common.tables import markdown_table
 from pipeline.crif.model import Ablation
 from pipeline.extract.job import ExtractConfig, extract_features
@@ -54,13 +57,17 @@ class DemoConfig:
 def demo(config: DemoConfig, args: argparse.Namespace) -> str:
     out, started = Path(config.out), time.perf_counter()
     log = out / "demo.log"
-    with console_to_file(log) as console:  # Ray's progress and the stages' lines: the log
+    print(f"Ray's progress and every stage's log lines go to {log}", flush=True)
+    with console_to_file(log) as console:  # Ray's output and the stages' own lines: the log
 
         def say(line: str = "") -> None:
             print(line, file=console, flush=True)
 
-        say(f"Ray's progress and every stage's log lines go to {log}")
-        results, scores = _stages(config, out, say, started)
+        init_ray(args.address, num_cpus=args.num_cpus)
+        try:
+            results, scores = _stages(config, out, say, started)
+        finally:
+            ray.shutdown()  # the workers' last lines reach the log, not the console
     table = _summary_table(config, results)
     runs = " and ".join(f"run_{ablation}/" for ablation in config.ablations)
     return (
@@ -139,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_job(demo, build_parser(), DemoConfig, argv, default_config=DEMO)
+    return cli.run_job(demo, build_parser(), DemoConfig, argv, default_config=DEMO, start_ray=False)
 
 
 if __name__ == "__main__":

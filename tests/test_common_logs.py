@@ -82,3 +82,22 @@ def test_ensure_logging_in_a_worker_counts_only_the_library_handlers(clean_loggi
         root.removeHandler(ray_console)
     logging.getLogger("pipeline.train.trainer").info("epoch 1/1")
     assert capsys.readouterr().out == "epoch 1/1\n"
+
+
+def test_console_to_file_catches_every_write_to_the_descriptors(tmp_path, capfd):
+    """Python prints, a C-level write to fd 2 and a child process's output all land in the
+    file; only what goes through the yielded stream reaches the console."""
+    import os
+    import subprocess
+    import sys
+
+    log = tmp_path / "out" / "demo.log"
+    with logs.console_to_file(log) as console:
+        print("progress bar", flush=True)
+        os.write(2, b"engine chatter\n")
+        subprocess.run([sys.executable, "-c", "print('from a worker')"], check=True)
+        print("stage 1/4", file=console)
+    print("after")
+    captured = capfd.readouterr()
+    assert captured.out == "stage 1/4\nafter\n" and captured.err == ""
+    assert log.read_text().splitlines() == ["progress bar", "engine chatter", "from a worker"]

@@ -192,15 +192,19 @@ def run_job(
     parser: argparse.ArgumentParser,
     config_class: type,
     argv: list[str] | None = None,
+    *,
+    start_ray: bool = True,
     **parse_options: Any,
 ) -> int:
     """Parse, start or join Ray, run ``job(config, args)`` and print what it returns (where the
-    output went). Bad input (ValueError, StoreError, FileNotFoundError): ``error: ...``, exit 2."""
+    output went). Bad input (ValueError, StoreError, FileNotFoundError): ``error: ...``, exit 2.
+    ``start_ray=False``: the job starts Ray itself (``init_ray(args.address, ...)``)."""
     from pipeline.common.ray_utils import init_ray
 
     try:
         config, args = parse_config(parser, config_class, argv, **parse_options)
-        init_ray(args.address, num_cpus=args.num_cpus)
+        if start_ray:
+            init_ray(args.address, num_cpus=args.num_cpus)
         where = job(config, args)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -166,15 +166,18 @@ def console_to_file(log_file: str | os.PathLike) -> Iterator[TextIO]:
         stream.flush()
     saved = os.dup(1), os.dup(2)
     console = os.fdopen(os.dup(saved[0]), "w", buffering=1, encoding="utf-8")
+    saved_streams = sys.stdout, sys.stderr
     with open(path, "ab", buffering=0) as file:
         os.dup2(file.fileno(), 1)
         os.dup2(file.fileno(), 2)
+    # Python-level writers too, in case sys.stdout is not descriptor 1 (a test's capture)
+    redirected = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+    sys.stdout = sys.stderr = redirected
     try:
         yield console
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(ValueError, OSError):
-                stream.flush()
+        sys.stdout, sys.stderr = saved_streams
+        redirected.close()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for descriptor in saved:

@@ -12,27 +12,10 @@ A new extractor is a subclass of `Extractor` with a frozen config, passed to
 from its `requirements` alone, and tests/test_extractors.py enrols it in the contract tests.
 
 Importing this package never imports Ray (the pipeline depends on us, not the reverse)
-and imports transformers only when a text extractor is built.
+and imports transformers only when a text extractor is built. The names below are loaded on
+first use (torch with them), so the torch-free modules (``feature_extractors.clip_plan``:
+clip planning and cropping) import without torch, e.g. on an edge box.
 """
-
-from feature_extractors.base import (
-    INPUT_KINDS,
-    ActorResources,
-    CaptionInputs,
-    ClipInputs,
-    Extractor,
-    Requirements,
-    WaveformInputs,
-    available_extractors,
-    build_extractor,
-    config_from_dict,
-    config_to_dict,
-    get_extractor,
-    register_extractor,
-)
-from feature_extractors.s3d import ClipPlan, S3DConfig, S3DExtractor, normalize_clips
-from feature_extractors.text import TextConfig, TextExtractor
-from feature_extractors.vggish import VGGishConfig, VGGishExtractor
 
 __all__ = [
     "INPUT_KINDS",
@@ -57,3 +40,14 @@ __all__ = [
     "normalize_clips",
     "register_extractor",
 ]
+
+
+def __getattr__(name: str):
+    """Load the extractors (and torch) when one of the package's names is first used."""
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from feature_extractors import _registry
+
+    value = getattr(_registry, name)
+    globals()[name] = value
+    return value

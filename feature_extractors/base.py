@@ -229,13 +229,20 @@ def register_extractor(cls: type[Extractor]) -> type[Extractor]:
     return cls
 
 
+def _register_builtins() -> None:
+    """The built-in extractors register when their modules import; import them all."""
+    import feature_extractors._registry  # noqa: F401
+
+
 def available_extractors() -> list[str]:
     """Registered extractor names, sorted."""
+    _register_builtins()
     return sorted(_REGISTRY)
 
 
 def get_extractor(name: str) -> type[Extractor]:
     """The extractor class registered under `name`."""
+    _register_builtins()
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -38,7 +38,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ from feature_extractors.base import (
     load_weights,
     register_extractor,
 )
+from feature_extractors.clip_plan import ClipPlan, plan_clips, plan_clips_at, preprocess_frames
 
 __all__ = [
     "COMPILE_BREAK_EVEN_CLIPS",
@@ -128,106 +128,6 @@ class S3DConfig:
             raise ValueError(f"crop must be in [{MIN_CROP}, min(resize)], got {self.crop}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("mean and std need 3 values each, std > 0")
-
-
-@dataclass(frozen=True)
-class ClipPlan:
-    """One clip: native frame indices (length clip_len) and the time span it covers.
-
-    The last `padded` entries repeat the last real frame (tail of the video).
-    """
-
-    frame_indices: tuple[int, ...]
-    start_time: float
-    end_time: float
-    padded: int
-
-
-def plan_clips(
-    num_frames: int, native_fps: float, fps: float, clip_len: int, clip_stride: int
-) -> list[ClipPlan]:
-    """Plan a constant-rate video: frame i at i / native_fps (see `plan_clips_at`)."""
-    if num_frames <= 0:
-        raise ValueError(f"cannot plan clips for a video with {num_frames} frames")
-    if native_fps <= 0:
-        raise ValueError(f"native_fps must be > 0, got {native_fps}")
-    times = np.arange(num_frames, dtype=np.float64) / native_fps
-    return plan_clips_at(times, num_frames / native_fps, fps, clip_len, clip_stride)
-
-
-def plan_clips_at(
-    times, duration: float, fps: float, clip_len: int, clip_stride: int
-) -> list[ClipPlan]:
-    """Resample a video whose frames play at `times` (seconds from the first frame,
-    increasing; constant or variable rate) to `fps` and cut it into clips (pure).
-
-    Resampling: sampled frame k sits at t = k / fps, for every t inside the video
-    (t < duration), and takes the frame whose time is nearest to t (the later one on a tie),
-    clamped to the last frame. A native rate below `fps` therefore repeats frames.
-
-    Clipping: clip j starts at sampled frame j * clip_stride. Full clips are always kept.
-    A partial (tail) clip is kept, padded by repeating its last real frame, when it holds at
-    least one sampled frame the previous clip does not cover; the first clip is always kept,
-    so a video shorter than one clip still gives one padded clip. start_time is the time of
-    the clip's first sampled frame, end_time the end of its last real one (capped at the
-    video's duration).
-    """
-    times = np.asarray(times, dtype=np.float64)
-    if times.ndim != 1 or len(times) == 0:
-        raise ValueError(f"cannot plan clips for a video with {len(times)} frames")
-    if not duration > 0:
-        raise ValueError(f"duration must be > 0, got {duration}")
-    # Small tolerance so that e.g. 300 frames at 30 fps -> exactly 150 samples at 15 fps.
-    num_sampled = max(1, math.ceil(duration * fps - 1e-9))
-    targets = np.arange(num_sampled, dtype=np.float64) / fps
-    after = np.clip(np.searchsorted(times, targets - 1e-9), 0, len(times) - 1)
-    before = np.clip(after - 1, 0, len(times) - 1)
-    later = times[after] - targets <= targets - times[before] + 1e-9
-    sampled = np.where(later, after, before).tolist()
-    plans: list[ClipPlan] = []
-    for start in range(0, num_sampled, clip_stride):
-        real = min(clip_len, num_sampled - start)
-        previous_end = start - clip_stride + clip_len  # sampled frames the previous clip covers
-        if plans and real < clip_len and num_sampled <= previous_end:
-            break  # a tail with nothing new
-        indices = sampled[start : start + real]
-        indices += [indices[-1]] * (clip_len - real)
-        plans.append(
-            ClipPlan(
-                frame_indices=tuple(indices),
-                start_time=start / fps,
-                end_time=min((start + real) / fps, duration),
-                padded=clip_len - real,
-            )
-        )
-    return plans
-
-
-def preprocess_frames(frames: np.ndarray, config: S3DConfig) -> np.ndarray:
-    """uint8 (L, H, W, 3) RGB -> uint8 (L, crop, crop, 3), on CPU, no normalisation.
-
-    Resizes to config.resize unless the frames already have that size, then centre-crops.
-    resize_method "exact": bilinear without antialiasing, exactly what
-    S3D_Weights.KINETICS400_V1.transforms() does (torchvision hard-codes antialias=False
-    there); otherwise (frames the decoder did not scale) antialiased bilinear. A pure
-    function of the config, so decode workers need no model.
-    """
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as vision_functional
-
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"expected uint8 (L, H, W, 3) frames, got {frames.dtype} {frames.shape}")
-    images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (L, 3, H, W)
-    if tuple(images.shape[-2:]) != tuple(config.resize):
-        antialias = getattr(config, "resize_method", "decoder") != "exact"
-        images = vision_functional.resize(
-            images,
-            list(config.resize),
-            interpolation=InterpolationMode.BILINEAR,
-            antialias=antialias,
-        )
-    images = vision_functional.center_crop(images, [config.crop, config.crop])
-    return images.permute(0, 2, 3, 1).contiguous().numpy()  # (L, crop, crop, 3)
 
 
 def normalize_clips(

@@ -18,6 +18,7 @@ package delivers it.
 from pipeline.decode.backends import (
     AUTO_ORDER,
     BACKENDS,
+    TORCH_FREE,
     DecodeError,
     VideoInfo,
     available_backends,
@@ -37,6 +38,7 @@ from pipeline.decode.guard import (
 __all__ = [
     "AUTO_ORDER",
     "BACKENDS",
+    "TORCH_FREE",
     "ClipStream",
     "Deadline",
     "DecodeCrashed",

@@ -37,6 +37,7 @@ import numpy as np
 __all__ = [
     "AUTO_ORDER",
     "BACKENDS",
+    "TORCH_FREE",
     "MAX_PIXELS",
     "MIN_FRAMES",
     "DecodeError",
@@ -56,6 +57,8 @@ MAX_PIXELS = 7680 * 4320
 MIN_FRAMES = 2
 # `auto` tries the installed backends in this order, fastest first (benchmarks/decoders.py).
 AUTO_ORDER = ("torchcodec", "pyav", "decord")
+# The backends that never import torch (torchcodec does): what a torch-free runtime may use.
+TORCH_FREE = ("pyav", "decord")
 # Gaps differing from their median by more than this make a video "variable rate".
 _VARIABLE_GAP = 0.1
 
@@ -120,7 +123,7 @@ def open_source(path: str):
             raise DecodeError("empty file (0 bytes)")
         yield local
         return
-    from pipeline.ingest.manifest import open_input
+    from pipeline.ingest.sources import open_input
 
     with open_input(path) as handle:
         data = handle.read()
@@ -523,13 +526,16 @@ def available_backends() -> dict[str, str | None]:
     return {backend: _importable(backend) for backend in BACKENDS}
 
 
-def backend_candidates(decoder: str) -> list[str]:
+def backend_candidates(decoder: str, allowed: tuple[str, ...] | None = None) -> list[str]:
     """The backends to try, in order, for a decoder policy (auto: installed ones, fastest
-    first); a named backend that is not installed is an error."""
+    first, of ``allowed`` when given); a named backend that is not installed (or not
+    allowed) is an error."""
     if decoder == "auto":
-        return [name for name in AUTO_ORDER if _importable(name) is None]
-    if decoder not in BACKENDS:
-        raise ValueError(f"decoder must be auto or one of {sorted(BACKENDS)}, got {decoder!r}")
+        order = [name for name in AUTO_ORDER if allowed is None or name in allowed]
+        return [name for name in order if _importable(name) is None]
+    if decoder not in BACKENDS or allowed is not None and decoder not in allowed:
+        names = sorted(BACKENDS if allowed is None else allowed)
+        raise ValueError(f"decoder must be auto or one of {names}, got {decoder!r}")
     reason = _importable(decoder)
     if reason is not None:
         raise DecodeError(f"decoder {decoder!r} is not installed: {reason}")

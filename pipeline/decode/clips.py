@@ -5,8 +5,8 @@
     for index, num_clips, plan, frames in stream:   # frames: uint8 (clip_len, crop, crop, 3)
         ...
 
-The clip plan is :func:`feature_extractors.s3d.plan_clips_at` over the times the backend
-reports, so a variable-rate recording is sampled at the times the clip says. Frames are
+The clip plan is :func:`feature_extractors.clip_plan.plan_clips_at` over the times the
+backend reports, so a variable-rate recording is sampled at the times the clip says. Frames are
 fetched clip by clip (the backend seeks or decodes forward), so memory is one clip whatever
 the video's length. ``decoder="auto"`` tries the installed backends fastest first and takes
 the first that opens the file and decodes its first clip.
@@ -44,7 +44,9 @@ class ClipStream:
     """The clips of one video (see the module docstring); a context manager and an iterator.
 
     ``shift`` (a :mod:`pipeline.score.shifts` description) simulates another camera on each
-    clip's decoded frames, before the crop, seeded by ``key`` (default: path).
+    clip's decoded frames, before the crop, seeded by ``key`` (default: path). ``allowed``
+    restricts the backends (e.g. ``TORCH_FREE``); ``inputs`` needs ``fps, clip_len,
+    clip_stride, resize, crop`` and optionally ``resize_method``.
     """
 
     def __init__(
@@ -57,12 +59,13 @@ class ClipStream:
         shift: dict | None = None,
         key: str | None = None,
         device: str = "cpu",
+        allowed: tuple[str, ...] | None = None,
     ):
         self.path, self.inputs, self.shift, self.key = path, inputs, shift, key or path
         self._stack = ExitStack()
         source = self._stack.enter_context(open_source(path))
         errors = []
-        for backend in backend_candidates(decoder):
+        for backend in backend_candidates(decoder, allowed):
             try:
                 reader = open_reader(backend, source, decode_size(inputs), threads, device)
                 self.reader, self.info = reader, reader.info
@@ -80,7 +83,7 @@ class ClipStream:
             raise DecodeError(f"no backend decodes it: {reasons}")
 
     def _plan(self, info: VideoInfo):
-        from feature_extractors.s3d import plan_clips_at
+        from feature_extractors.clip_plan import plan_clips_at
 
         if info.num_frames < 2 or not info.duration > 0:
             raise DecodeError(f"too short: {info.num_frames} frame(s), duration {info.duration}")
@@ -90,7 +93,7 @@ class ClipStream:
         )
 
     def _clip(self, number: int) -> np.ndarray:
-        from feature_extractors.s3d import preprocess_frames
+        from feature_extractors.clip_plan import preprocess_frames
 
         indices = list(self.plans[number].frame_indices)
         unique = sorted(set(indices))

@@ -45,9 +45,11 @@ INT8_FILE = "backbone.int8.onnx"
 METADATA_FILE = "model.json"
 METADATA_KEY = "crif_edge"
 REQUIRED = ("format", "model_id", "task", "class_names", "preprocessing", "extractor", "inputs")
-# How frames are resized: FFmpeg's bilinear scaler while decoding (decord in the batch
-# pipeline, a PyAV filter graph at the edge), then a centre crop.
+# How frames are resized, then centre-cropped: FFmpeg's bilinear scaler while decoding (the
+# S3D config's resize_method "decoder", what the edge runner does), or "exact" (torchvision's
+# resize of the native frames: recorded so that an edge runner can refuse it).
 RESIZE_METHOD = "ffmpeg-bilinear"
+RESIZE_METHODS = {"decoder": RESIZE_METHOD, "exact": "exact"}  # S3DConfig's -> recorded
 
 
 class ExportError(ValueError):
@@ -82,6 +84,7 @@ class Preprocessing:
             std=tuple(float(v) for v in config["std"]),
             clip_len=int(config["clip_len"]),
             clip_stride=int(config["clip_stride"]),
+            resize_method=RESIZE_METHODS[config.get("resize_method", "decoder")],
         )
 
     @classmethod
@@ -99,7 +102,7 @@ class Preprocessing:
             )
         except (KeyError, TypeError, ValueError, IndexError) as error:
             raise ExportError(f"preprocessing record is incomplete: {error!r}") from error
-        if preprocessing.resize_method != RESIZE_METHOD:
+        if preprocessing.resize_method not in RESIZE_METHODS.values():
             raise ExportError(f"unknown resize method {preprocessing.resize_method!r}")
         if preprocessing.fps <= 0 or preprocessing.clip_len < 1 or preprocessing.clip_stride < 1:
             raise ExportError(f"invalid preprocessing record: {dict(record)}")

@@ -4,7 +4,8 @@
     probabilities = model.classify("video.mp4")               # (classes,) float32
     summary = score_videos(EdgeScoreConfig(model="outputs/edge", videos="clips/", out="preds"))
 
-A video's clips (pipeline.edge.decode) go through ``backbone.onnx`` a few at a time, then
+A video's clips (pipeline.edge.decode: the pipeline's own decoder, pipeline.decode, with its
+torch-free backends) go through ``backbone.onnx`` a few at a time, then
 its feature sequence through ``head.onnx``: memory is one clip batch, however long the video
 or stream. Given a single ``model.onnx`` (the file alone), every clip of a video goes into
 one call of the whole graph. ``OUT/predictions.parquet`` has the columns of jobs/score.py;
@@ -30,6 +31,7 @@ from pipeline.edge.metadata import (
     BACKBONE_FILE,
     HEAD_FILE,
     INT8_FILE,
+    RESIZE_METHOD,
     ExportError,
     Preprocessing,
     file_sha256,
@@ -42,6 +44,7 @@ __all__ = ["EdgeModel", "EdgeScoreConfig", "Precision", "predictions_table", "sc
 logger = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "int8"]
+EdgeDecoder = Literal["auto", "pyav", "decord"]  # pipeline.decode's torch-free backends
 
 
 @dataclass(frozen=True)
@@ -56,13 +59,16 @@ class EdgeScoreConfig:
     clip_batch_size: int = 1  # clips per backbone call (memory: one batch of clips)
     threads: int | None = None  # ONNX Runtime intra-op threads (default: every usable core)
     limit: int | None = None  # only the first N videos
-    max_seconds: float | None = None  # stop reading a video or stream after this much of it
+    max_seconds: float | None = None  # record a stream for this long; a file: clips before it
+    decoder: EdgeDecoder = "auto"  # frame decoder: auto (pyav, then decord if installed)
 
     def __post_init__(self):
         if self.top_k < 1 or self.clip_batch_size < 1:
             raise ValueError("top_k and clip_batch_size must be >= 1")
         if self.precision not in ("fp32", "int8"):
             raise ValueError(f"precision must be fp32 or int8, got {self.precision!r}")
+        if self.decoder not in ("auto", "pyav", "decord"):
+            raise ValueError(f"decoder must be auto, pyav or decord, got {self.decoder!r}")
 
 
 def _session(path: Path, threads: int | None):
@@ -93,6 +99,11 @@ class EdgeModel:
         self.model_id = document["model_id"]
         self.dtype = np.float32 if document.get("input_dtype") == "float32" else np.uint8
         self.backbone, self.head, self.whole = backbone, head, whole
+        if self.preprocessing.resize_method != RESIZE_METHOD:
+            raise ExportError(
+                f"resize method {self.preprocessing.resize_method!r} needs torchvision; "
+                f"the edge runner resizes with the decoder ({RESIZE_METHOD!r})"
+            )
 
     @classmethod
     def load(
@@ -169,9 +180,16 @@ class EdgeModel:
             raise DecodeError("no clips")
         return self.probabilities(np.concatenate(features))
 
-    def classify(self, path: str, *, batch_size: int = 1, max_seconds: float | None = None):
-        clips = (clip for _, clip in iter_clips(path, self.preprocessing, max_seconds=max_seconds))
-        return self.classify_clips(clips, batch_size)
+    def classify(
+        self,
+        path: str,
+        *,
+        batch_size: int = 1,
+        max_seconds: float | None = None,
+        decoder: EdgeDecoder = "auto",
+    ):
+        clips = iter_clips(path, self.preprocessing, max_seconds=max_seconds, decoder=decoder)
+        return self.classify_clips((clip for _, clip in clips), batch_size)
 
 
 def _check_file(directory: Path, name: str, document: dict) -> None:
@@ -210,7 +228,10 @@ def score_videos(config: EdgeScoreConfig) -> dict:
         else:
             try:
                 row["probabilities"] = model.classify(
-                    path, batch_size=config.clip_batch_size, max_seconds=config.max_seconds
+                    path,
+                    batch_size=config.clip_batch_size,
+                    max_seconds=config.max_seconds,
+                    decoder=config.decoder,
                 )
             except DecodeError as error:
                 row["error"] = str(error) or "decode failed"

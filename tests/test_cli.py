@@ -79,7 +79,10 @@ def test_console_entry_points_name_the_jobs_main_functions():
     assert set(scripts) == {f"crif-{verb.replace('_', '-')}" for verb in VERBS}
     for name, target in scripts.items():
         module, _, function = target.partition(":")
-        assert getattr(importlib.import_module(module), function) is _job(name[5:].replace('-', '_')).main
+        assert (
+            getattr(importlib.import_module(module), function)
+            is _job(name[5:].replace("-", "_")).main
+        )
     assert "jobs*" in document["tool"]["setuptools"]["packages"]["find"]["include"]
 
 

@@ -20,7 +20,7 @@ Stages (each skipped when its output is already there, so a rerun resumes):
 
 S3D has random weights (no download), so absolute accuracies say little about a real model;
 what the table shows is whether int8 changes the trained head's predictions relative to fp32.
-Writes OUT/edge_accuracy.json.
+Writes OUT/edge_accuracy-<videos>v<classes>c/edge_accuracy.json (and every stage's output).
 """
 
 from __future__ import annotations
@@ -166,7 +166,8 @@ def _edge_shifted(export: Path, rows: list, shifts, severity: int, seed: int = 0
     left = int(round((width - preprocessing.crop) / 2.0))
     window = (slice(top, top + preprocessing.crop), slice(left, left + preprocessing.crop))
     predictions: dict[tuple[str, str], dict[str, int]] = {}
-    for video_id, path, _ in rows:
+    for count, (video_id, path, _) in enumerate(rows, 1):
+        print(f"shifted clips: {video_id} ({count}/{len(rows)})", flush=True)
         clips = [clip for _, clip in iter_clips(path, uncropped)]
         for name in shifts:
             shift = {"name": name, "severity": severity, "seed": seed}
@@ -206,7 +207,8 @@ def main() -> int:
     if args.smoke:
         args.videos, args.shifts = 24, "underexposure,noise"
     shifts = args.shifts.split(",")
-    out = Path(args.out) / "edge_accuracy"
+    # one directory per dataset size: the stages resume from what is there
+    out = Path(args.out) / f"edge_accuracy-{args.videos}v{args.classes}c"
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     import torch

@@ -20,7 +20,8 @@ Stages (each skipped when its output is already there, so a rerun resumes):
 
 S3D has random weights (no download), so absolute accuracies say little about a real model;
 what the table shows is whether int8 changes the trained head's predictions relative to fp32.
-Writes OUT/edge_accuracy-<videos>v<classes>c/edge_accuracy.json (and every stage's output).
+Writes OUT/edge_accuracy.json; the stages' outputs go under
+OUT/edge_accuracy-<videos>v<classes>c/.
 """
 
 from __future__ import annotations
@@ -319,7 +320,7 @@ def main() -> int:
     print("\ntop-1 agreement:", json.dumps(agreement, indent=2))
     print("sizes (MB):", sizes)
     write_result(
-        out,
+        args.out,
         "edge_accuracy",
         {
             "splits": {split: len(items) for split, items in splits.items()},
@@ -331,6 +332,7 @@ def main() -> int:
             "agreement": agreement,
             "sizes_mb": sizes,
             "export_parity": document.get("parity"),
+            "stages": str(out),
             "seconds": round(time.perf_counter() - started, 1),
         },
     )

@@ -24,7 +24,7 @@ from pipeline.decode.backends import (
     backend_candidates,
     open_reader,
 )
-from pipeline.decode.clips import ClipStream, iter_clips, probe_video
+from pipeline.decode.clips import DECODER_RESIZE_DIFFERENCE, ClipStream, iter_clips, probe_video
 from pipeline.decode.guard import (
     Deadline,
     DecodeCrashed,
@@ -37,6 +37,7 @@ from pipeline.decode.guard import (
 __all__ = [
     "AUTO_ORDER",
     "BACKENDS",
+    "DECODER_RESIZE_DIFFERENCE",
     "ClipStream",
     "Deadline",
     "DecodeCrashed",

@@ -183,8 +183,6 @@ class ExtractorActor:
     ):
         if extractor_class.resources.all_cores:
             _set_threads(threads, device)
-        if device == "cpu":
-            _release_large_frees()
         self.extractor = extractor_class(
             _config(extractor_class, config), device, **(options or {})
         )
@@ -250,17 +248,3 @@ def _set_threads(threads: int | None, device: str) -> None:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     torch.set_num_threads(max(1, threads or torch.get_num_threads()))
 
-
-def _release_large_frees() -> None:
-    """Serve allocations of 1 MiB and more (a CPU model's activations) from mmap, so each goes
-    back to the system when freed. glibc raises its mmap threshold after the first such free
-    and then serves them from the heap, which fragments: a long video's peak crept up batch
-    after batch (948 vs 734 MiB in the model process over a 10 min video's 35 batches,
-    benchmarks/memory.py). Setting the threshold also stops its adjustment. No-op without
-    glibc."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass

@@ -247,4 +247,3 @@ def _set_threads(threads: int | None, device: str) -> None:
     if threads is None and device == "cpu":
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     torch.set_num_threads(max(1, threads or torch.get_num_threads()))
-

@@ -10,12 +10,15 @@ sampled every 0.25 s. PSS splits shared pages, so the object store is counted on
 Decoding is streamed (the --decoder backend in the guarded decode child, one clip requested
 at a time: no decoding ahead) and at most two calls are in flight in the S3D actor, so the
 peak should not grow with the job: the goal is within 10%. The length pair uses 96x72
-videos, so the 10 min one is quick to write.
+videos, so the 10 min one is quick to write, and S3D batches of 2 clips (the 10 s video's
+clips at its stride): the model's activations set the peak, and a batch of 2 against
+batches of 4 would compare batch sizes, not lengths.
 Writes OUT/memory.json.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -32,7 +35,10 @@ def make_videos(directory: Path, count: int, duration: float, small: bool = Fals
     return generate_synthetic_dataset(directory, config)
 
 
-def extract(data: dict, out: Path, clip_len: int, clip_stride: int, decoder: str = "auto") -> dict:
+def extract(
+    data: dict, out: Path, clip_len: int, clip_stride: int, decoder: str = "auto", batch: int = 4
+) -> dict:
+    shutil.rmtree(out, ignore_errors=True)  # a store left by an earlier run would be skipped
     command = [
         sys.executable,
         str(REPO / "jobs" / "extract.py"),
@@ -54,6 +60,8 @@ def extract(data: dict, out: Path, clip_len: int, clip_stride: int, decoder: str
         "channels_last",  # the same model in every case, whatever the compile cache holds
         "--decoder",
         decoder,
+        "--clip-batch-size",
+        str(batch),
     ]
     return run_process(command, env={"RAY_ADDRESS": "", "PYTHONWARNINGS": "ignore"}, memory=True)
 
@@ -85,7 +93,10 @@ def main(argv=None) -> dict:
             work / f"{count}x{seconds:g}s{'-small' if small else ''}", count, seconds, small
         )
         store = work / f"store-{count}x{seconds:g}s-{stride}-{args.decoder}"
-        result = extract(data, store, clip_len, stride, args.decoder)
+        # The 10 s video has 2 clips at the sparse stride: both length cases run model batches
+        # of 2, so the pair compares video length, not a half-full batch with full ones.
+        batch = 2 if comparison == "length" else 4
+        result = extract(data, store, clip_len, stride, args.decoder, batch)
         rows.append(
             {
                 "comparison": comparison,

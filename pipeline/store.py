@@ -23,10 +23,11 @@ the contract's modalities ignore them, as they ignore ``visual_clip_times``.
 Format 2 (``dataset.json`` ``format_version: 2``; absent means 1, read the same way) adds,
 beyond the contract: per clip modality a ``<modality>_decode`` struct column (DECODE_RECORD:
 the backend that decoded the video, codec, rotation applied, frames, duration, variable
-rate); a ``decoding`` record in ``dataset.json`` (the decoder policy); and failure rows that
-are current: one per (video_id, modality) with ``reason`` (timeout, crashed, undecodable,
-not_found, ...), ``attempts`` and ``time`` of the latest one. Format-1 failure files (one
-file per run, rows repeated) are read, merged and replaced by the next run.
+rate); a ``decoding`` record in ``dataset.json`` (the decoder policy, the resize method and,
+for the decoder's scaler, its measured difference from the reference resize); and failure
+rows that are current: one per (video_id, modality, stage) with ``reason`` (timeout, crashed,
+undecodable, not_found, ...), ``attempts`` and ``time`` of the latest one. Format-1 failure
+files (one file per run, rows repeated) are read, merged and replaced by the next run.
 """
 
 from __future__ import annotations
@@ -330,9 +331,11 @@ def record_failures(
 
     ``rows``: this run's failures of the modality (video_id, path, stage, error, reason);
     ``resolved``: its videos that have features now (their old failures go). Every other
-    modality's rows stay. One row per (video_id, modality): the latest failure, with
-    ``attempts`` counting the runs that failed it. Written as one atomic file; the files of
-    earlier runs (format 1, one per run) are merged in and then removed. Returns the
+    modality's rows stay. One row per (video_id, modality, stage): the latest failure, with
+    ``attempts`` counting the runs that failed the video at that stage. A run's outcome for
+    a video replaces the video's earlier rows of the modality at other stages (a video found
+    now but undecodable is no longer ``not_found``). Written as one atomic file; the files
+    of earlier runs (format 1, one per run) are merged in and then removed. Returns the
     number of current failures of ``modality``.
     """
     import datetime
@@ -340,18 +343,11 @@ def record_failures(
     directory = Path(root) / FAILURES_DIR
     now = now or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     old_files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
-    current = {(row["video_id"], row["modality"]): row for row in _current_failures(old_files)}
-    for video_id in resolved:
-        current.pop((video_id, modality), None)
-    written = 0
+    current = {_failure_key(row): row for row in _current_failures(old_files)}
+    rows = [_failure_row({**row, "modality": modality, "time": now}) for row in rows]
     for row in rows:
-        key = (row["video_id"], modality)
-        previous = current.get(key)
-        attempts = (previous["attempts"] if previous else 0) + 1
-        current[key] = _failure_row(
-            {**row, "modality": modality, "attempts": attempts, "time": now}
-        )
-        written += 1
+        row["reason"] = row["reason"] or "error"
+    _add_run(current, rows, {(video_id, modality) for video_id in resolved})
     target = directory / CURRENT_FAILURES
     if current or target.exists():
         ordered = [current[key] for key in sorted(current)]
@@ -362,25 +358,43 @@ def record_failures(
     return sum(1 for key in current if key[1] == modality)
 
 
+def _failure_key(row: dict) -> tuple[str, str, str]:
+    return (row["video_id"], row["modality"], row["stage"] or "")
+
+
+def _add_run(current: dict, rows: list[dict], resolved: set = frozenset()) -> None:
+    """One run's failure rows into ``current`` (keyed by _failure_key): each replaces its
+    video's rows of the modality, ``attempts`` going on at the same stage; ``resolved``
+    (video_id, modality) pairs lose theirs."""
+    videos = resolved | {(row["video_id"], row["modality"]) for row in rows}
+    previous = {key: current.pop(key) for key in list(current) if key[:2] in videos}
+    for row in rows:
+        key = _failure_key(row)
+        earlier = previous[key]["attempts"] if key in previous else 0
+        current[key] = {**row, "attempts": earlier + 1}
+
+
 def _current_failures(files: list[Path]) -> list[dict]:
-    """Rows of failure files of either format, one per (video_id, modality), latest wins."""
+    """Rows of failure files of any format, one per (video_id, modality, stage). A format-1
+    file (``<modality>-<run>.parquet``, no attempts) is one run, oldest first; the current
+    file (format 2) is read as it stands, last."""
     merged: dict[tuple, dict] = {}
     for path in sorted(
         files, key=lambda path: (path.name == CURRENT_FAILURES, path.stat().st_mtime)
     ):
-        table = pq.read_table(path)
         modality = path.stem.split("-")[0]  # format 1: <modality>-<run>.parquet
-        for row in table.to_pylist():
+        rows = []
+        for row in pq.read_table(path).to_pylist():
             row = _failure_row({"modality": modality, **row})
             row["modality"] = row["modality"] or modality
-            key = (row["video_id"], row["modality"])
-            attempts = row["attempts"] or 1
-            if row["attempts"] is None and key in merged:  # format 1: a row per run
-                attempts += merged[key]["attempts"]
-            row["attempts"] = attempts
             row["reason"] = row["reason"] or "error"
             row["time"] = row["time"] or _mtime(path)
-            merged[key] = row
+            rows.append(row)
+        if path.name == CURRENT_FAILURES:
+            merged.update((_failure_key(row), row) for row in rows)
+        else:
+            _add_run(merged, [row for row in rows if row["attempts"] is None])
+            merged.update((_failure_key(row), row) for row in rows if row["attempts"] is not None)
     return list(merged.values())
 
 
@@ -392,8 +406,8 @@ def _mtime(path: Path) -> str:
 
 
 def read_failures(root: str | os.PathLike) -> pa.Table:
-    """The current failures (format 2 columns; format-1 files merged to one row per video
-    and modality)."""
+    """The current failures (format 2 columns; format-1 files merged to one row per video,
+    modality and stage)."""
     directory = Path(root) / FAILURES_DIR
     files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
     if not files:

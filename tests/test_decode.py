@@ -12,6 +12,7 @@ import pytest
 from feature_extractors.base import ClipInputs
 from feature_extractors.s3d import S3DConfig, plan_clips
 from pipeline.decode import (
+    DECODER_RESIZE_DIFFERENCE,
     ClipStream,
     Deadline,
     DecodeCrashed,
@@ -209,6 +210,20 @@ def test_exact_resize_equals_the_reference_transforms(shared_data):
         assert difference < 0.5, f"{name}: {difference:.3f}/255"
 
 
+def test_the_recorded_decoder_resize_difference_holds(shared_data):
+    """dataset.json states DECODER_RESIZE_DIFFERENCE: it must still be what the code does."""
+    means, p99s = [], []
+    for name in DECODER_RESIZE_DIFFERENCE["measured_on"]:
+        path = str(shared_data / "videos" / name)
+        scaled = next(iter(ClipStream(path, INPUTS, "pyav")))[3].astype(np.int16)
+        exact = next(iter(ClipStream(path, EXACT, "pyav")))[3].astype(np.int16)
+        difference = np.abs(scaled - exact)  # pixel values of 255
+        means.append(difference.mean())
+        p99s.append(np.percentile(difference, 99))
+    assert max(means) == pytest.approx(DECODER_RESIZE_DIFFERENCE["mean_abs_255"], abs=0.01)
+    assert max(p99s) == DECODER_RESIZE_DIFFERENCE["p99_255"]
+
+
 def test_every_ffmpeg_container_is_found(tmp_path):
     from pipeline.ingest.sources import find_videos
 
@@ -243,3 +258,27 @@ def test_failures_keep_one_current_row_per_video(tmp_path):
     rows = {(r["video_id"], r["modality"]): r for r in store.read_failures(tmp_path).to_pylist()}
     assert set(rows) == {("v2", "visual"), ("v2", "audio")}
     assert rows["v2", "visual"]["attempts"] == 2 and rows["v2", "audio"]["attempts"] == 1
+
+
+def test_failures_are_current_per_video_and_stage(tmp_path):
+    from pipeline import store
+
+    def current():
+        rows = store.read_failures(tmp_path).to_pylist()
+        return {(r["video_id"], r["modality"], r["stage"]): r for r in rows}
+
+    missing = {"video_id": "v1", "path": "", "stage": "manifest", "error": "video file not found"}
+    store.write_failures(tmp_path, [missing], "visual-aaaa")  # format 1
+    store.record_failures(tmp_path, "visual", [{**missing, "reason": "not_found"}], now="t1")
+    store.record_failures(tmp_path, "audio", [{**missing, "reason": "not_found"}], now="t1")
+    assert current()["v1", "visual", "manifest"]["attempts"] == 2
+    assert current()["v1", "audio", "manifest"]["attempts"] == 1  # modalities stay apart
+    broken = {"video_id": "v1", "path": "v1.mp4", "stage": "decode", "error": "bad"}
+    for run in ("t2", "t3"):  # found now, but undecodable: the manifest row is not current
+        store.record_failures(tmp_path, "visual", [{**broken, "reason": "undecodable"}], now=run)
+    rows = current()
+    assert set(rows) == {("v1", "visual", "decode"), ("v1", "audio", "manifest")}
+    assert rows["v1", "visual", "decode"]["attempts"] == 2
+    assert rows["v1", "visual", "decode"]["time"] == "t3"
+    assert rows["v1", "visual", "decode"]["reason"] == "undecodable"
+    assert len(store.read_failures(tmp_path)) == 2  # no row appended per run

@@ -52,6 +52,8 @@ def test_every_kind_extracts_and_broken_inputs_are_recorded(ray_session, tmp_pat
     assert summary["modalities"]["visual"]["ok"] == len(FORMATS)
     metadata = store.validate_store(config.out)
     assert metadata["format_version"] == 2 and metadata["decoding"]["decoder"] == "auto"
+    resize = metadata["decoding"]["resize"]  # the default keeps FFmpeg's scaler: its difference
+    assert resize["method"] == "decoder" and resize["difference_from_exact"]["mean_abs_255"] > 0
     rows = {row["video_id"]: row for row in store.read_store(config.out).to_pylist()}
     reference = store.sequence_to_numpy(rows[ids["h264"]]["visual"], 1024)
     for kind, video_id in ids.items():

@@ -25,7 +25,7 @@ from pipeline.decode.backends import (
     backend_candidates,
     open_reader,
 )
-from pipeline.decode.clips import ClipStream, iter_clips, probe_video
+from pipeline.decode.clips import DECODER_RESIZE_DIFFERENCE, ClipStream, iter_clips, probe_video
 from pipeline.decode.guard import (
     Deadline,
     DecodeCrashed,
@@ -38,6 +38,7 @@ from pipeline.decode.guard import (
 __all__ = [
     "AUTO_ORDER",
     "BACKENDS",
+    "DECODER_RESIZE_DIFFERENCE",
     "TORCH_FREE",
     "ClipStream",
     "Deadline",

@@ -31,7 +31,25 @@ from pipeline.decode.backends import (
     open_source,
 )
 
-__all__ = ["ClipStream", "decode_size", "iter_clips", "probe_video"]
+__all__ = ["DECODER_RESIZE_DIFFERENCE", "ClipStream", "decode_size", "iter_clips", "probe_video"]
+
+# How far the "decoder" resize (FFmpeg's bilinear while decoding) is from "exact" (the S3D
+# weights' reference transforms): |decoder - exact| over the first clip's uint8 pixels of
+# each shared sample clip (pyav; benchmarks/decoders.py), the largest over the clips.
+# dataset.json records it beside the policy when "decoder" is used; tests/test_decode.py
+# checks that it still holds.
+DECODER_RESIZE_DIFFERENCE = {
+    "reference": "exact",
+    "mean_abs_255": 1.48,  # 1.27 (mmaction2_test.mp4) to 1.48 (v_GGSY1Qvo990.mp4)
+    "p99_255": 11.0,  # 6 (mmaction2_test.avi) to 11 (mmaction2_demo.mp4)
+    "measured_on": [
+        "mmaction2_demo.mp4",
+        "mmaction2_test.avi",
+        "mmaction2_test.mp4",
+        "v_GGSY1Qvo990.mp4",
+    ],
+    "measured_by": "benchmarks/decoders.py (first clip, pyav)",
+}
 
 
 def decode_size(inputs) -> tuple[int, int] | None:

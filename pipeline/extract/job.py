@@ -16,8 +16,8 @@ Any other registered extractor runs the same way: ``extract_features(config, ext
 
 The driver collects finished videos and writes them in small atomic Parquet parts under
 ``_parts/<modality>-<config hash>/``; a rerun skips every video already there, so a killed
-run resumes where it stopped. Failures are rows in ``_failures/``: one current row per video
-and modality (stage, reason, error, attempts, time); a rerun retries them and removes the
+run resumes where it stopped. Failures are rows in ``_failures/``: one current row per video,
+modality and stage (reason, error, attempts, time); a rerun retries them and removes the
 rows of videos that now decode. Each video's decode record (backend, rotation, ...) is the
 ``<modality>_decode`` column, the decoder policy ``dataset.json``'s ``decoding``. At the end
 the parts are compacted into the store's ``shard-*.parquet`` files, one shard per hash bucket of
@@ -393,7 +393,7 @@ def _build_dataset(config, modality, description, todo, use_gpu, shift=None):
             num_cpus=config.decode_cpus,
         )
     field = _BATCH_SIZE_FIELDS.get(modality)
-    return dataset.map_batches(
+    dataset = dataset.map_batches(
         ExtractorActor,
         fn_constructor_kwargs={
             "extractor_class": extractor_class,
@@ -408,6 +408,18 @@ def _build_dataset(config, modality, description, todo, use_gpu, shift=None):
         num_gpus=num_gpus,
         num_cpus=config.model_cpus,
     )
+    if kind == "clips":
+        dataset.context.target_max_block_size = _clip_bytes(requirements.inputs)
+    return dataset
+
+
+def _clip_bytes(inputs) -> int:
+    """Bytes of one clip row's frames: the block size of a clip pipeline. The decode step
+    yields a clip at a time, but Ray Data gathers a task's output rows into blocks of up to
+    ``DataContext.target_max_block_size`` (128 MiB, about 55 clips of 16 x 224 x 224) before
+    the model sees any, and a task is a whole video: that buffer grew with video length.
+    A block per clip keeps the clips in memory to the model's batches in flight."""
+    return inputs.clip_len * inputs.crop * inputs.crop * 3
 
 
 def decode_options(config) -> DecodeOptions:
@@ -421,10 +433,14 @@ def decode_options(config) -> DecodeOptions:
 
 
 def decoding_record(config) -> dict:
-    """dataset.json's ``decoding``: the policy, the installed backends and the deadline."""
-    from pipeline.decode import AUTO_ORDER, available_backends
+    """dataset.json's ``decoding``: the policy, the installed backends, the deadline, and the
+    resize method with, for "decoder", its measured difference from "exact"."""
+    from pipeline.decode import AUTO_ORDER, DECODER_RESIZE_DIFFERENCE, available_backends
 
     installed = [name for name, reason in available_backends().items() if reason is None]
+    resize = {"method": config.resize_method}
+    if config.resize_method == "decoder":
+        resize["difference_from_exact"] = DECODER_RESIZE_DIFFERENCE
     return {
         "decoder": config.decoder,
         "auto_order": [name for name in AUTO_ORDER if name in installed],
@@ -435,6 +451,7 @@ def decoding_record(config) -> dict:
             "guarded": config.decode_guard,
         },
         "timestamps": "presentation",
+        "resize": resize,
     }
 
 

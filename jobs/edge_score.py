@@ -18,7 +18,6 @@ import json
 import sys
 
 from pipeline.common import cli
-from pipeline.edge.metadata import ExportError
 from pipeline.edge.runtime import EdgeScoreConfig, score_videos
 
 
@@ -26,17 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
     return cli.config_parser(EdgeScoreConfig, __doc__)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        config, _ = cli.parse_config(parser, EdgeScoreConfig, argv)
-        summary = score_videos(config)
-    except (ExportError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def run(config: EdgeScoreConfig, args: argparse.Namespace) -> str:
+    summary = score_videos(config)
     print(json.dumps(summary, indent=2))
-    print(f"predictions: {summary['predictions']}")
-    return 0
+    return f"predictions: {summary['predictions']}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_job(run, build_parser(), EdgeScoreConfig, argv, start_ray=False)
 
 
 if __name__ == "__main__":

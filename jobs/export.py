@@ -26,17 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     return cli.config_parser(ExportConfig, __doc__)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        config, _ = cli.parse_config(parser, ExportConfig, argv)
-        summary = export_model(config)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def run(config: ExportConfig, args: argparse.Namespace) -> str:
+    summary = export_model(config)
     print(json.dumps(summary, indent=2))
-    print(f"exported: {summary['out']}")
-    return 0
+    return f"exported: {summary['out']}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_job(run, build_parser(), ExportConfig, argv, start_ray=False)
 
 
 if __name__ == "__main__":

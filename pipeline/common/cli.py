@@ -199,11 +199,11 @@ def run_job(
     """Parse, start or join Ray, run ``job(config, args)`` and print what it returns (where the
     output went). Bad input (ValueError, StoreError, FileNotFoundError): ``error: ...``, exit 2.
     ``start_ray=False``: the job starts Ray itself (``init_ray(args.address, ...)``)."""
-    from pipeline.common.ray_utils import init_ray
-
     try:
         config, args = parse_config(parser, config_class, argv, **parse_options)
-        if start_ray:
+        if start_ray:  # imported here: a job without Ray (the edge runner) never loads it
+            from pipeline.common.ray_utils import init_ray
+
             init_ray(args.address, num_cpus=args.num_cpus)
         where = job(config, args)
     except (ValueError, FileNotFoundError) as error:

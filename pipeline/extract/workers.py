@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from pipeline.common.memory import release_free_memory
 from pipeline.decode import ClipStream, Deadline, DecodeError, failure_reason, thread_worker
 from pipeline.ingest.decode import decode_audio
 
@@ -180,6 +181,7 @@ class ExtractorActor:
         device: str = "cpu",
         threads: int | None = None,
         options: dict | None = None,
+        trim_memory: bool = True,
     ):
         if extractor_class.resources.all_cores:
             _set_threads(threads, device)
@@ -188,6 +190,7 @@ class ExtractorActor:
         )
         self.kind = extractor_class.inputs(self.extractor.config).kind
         self.lock = threading.Lock()
+        self.trim_memory = trim_memory
 
     def __call__(self, batch):
         if self.kind == "clips":
@@ -201,6 +204,8 @@ class ExtractorActor:
         if ok.any():
             with self.lock:
                 features[ok] = self.extractor(frames[ok])
+                if self.trim_memory:
+                    release_free_memory()
         batch["feature"] = features
         return batch
 

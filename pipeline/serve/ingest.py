@@ -246,6 +246,10 @@ class StreamIngest:
         self.pending = _Pending(settings.max_pending)
         self.stopping = threading.Event()
         self.size_info: dict = {}
+        # next window index; stream seconds where the current segment starts; sampled frames
+        # of the current segment (its length, added to start when the next segment begins)
+        self._position = {"window": 0, "start": 0.0, "next_k": 0}
+        self._produced = False
         self.replicas: dict[str, dict] = {}
         self._threads = [
             threading.Thread(target=self._decode_loop, name=f"decode-{camera}", daemon=True),
@@ -278,17 +282,15 @@ class StreamIngest:
 
     def _decode_loop(self) -> None:
         delay = self.settings.backoff_initial
-        next_start = 0.0  # stream seconds where the next segment starts
-        window_index = 0
         while not self.stopping.is_set():
             try:
-                next_start, window_index, produced = self._read(next_start, window_index)
+                produced = self._read()
                 error = "the stream ended"
             except StreamFailed as failure:
                 self._set_state("failed", str(failure))
                 return
             except Exception as failure:  # noqa: BLE001 - any drop is retried
-                produced, error = False, first_line(failure)
+                produced, error = self._produced, first_line(failure)
             if self.stopping.is_set():
                 return
             self.stats.reconnects += 1
@@ -320,9 +322,10 @@ class StreamIngest:
                 f"{self.settings.max_pixels} pixels"
             )
 
-    def _read(self, segment_start: float, window_index: int) -> tuple[float, int, bool]:
-        """One connection: decode until the stream ends, fails or is stopped. Returns the next
-        segment's start (stream seconds), the next window index, whether frames came."""
+    def _read(self) -> bool:
+        """One connection: decode until the stream ends, fails (raises) or is stopped; whether
+        frames came. Window numbers and stream time go on across connections (``_position``,
+        kept up to date even when the connection fails)."""
         from av.video.reformatter import VideoReformatter
 
         from feature_extractors.clip_plan import preprocess_frames
@@ -331,7 +334,8 @@ class StreamIngest:
         inputs = self.settings.inputs
         size = decode_size(inputs)
         reformatter = VideoReformatter()
-        produced = False
+        self._produced = False
+        position = self._position  # next window index, stream seconds of the next segment
         with self._open() as container:
             if not container.streams.video:
                 raise RuntimeError("no video stream")
@@ -347,39 +351,38 @@ class StreamIngest:
                     continue
                 gap = None if last is None else stamp - last
                 if first is None or gap < -_TOLERANCE or gap > self.settings.max_gap:
-                    if first is not None:  # a jump in the timestamps: a new segment
-                        segment_start += (sampler.next_k if sampler else 0) / inputs.fps
+                    position["start"] += position["next_k"] / inputs.fps  # the last segment
                     first, sampler = stamp, FrameSampler(inputs.fps)
+                    position["next_k"] = 0
                     cutter = WindowCutter(inputs.clip_len, self.settings.hop)
                     self.stats.segments += 1
                     self._set_state("streaming")
                     self.size_info = {"width": frame.width, "height": frame.height}
-                last, produced = stamp, True
+                last, self._produced = stamp, True
                 self.stats.frames_decoded += 1
                 rotation = int(getattr(frame, "rotation", 0) or 0) % 360
                 item = _LazyRGB(frame, lambda f, r=rotation: rgb_frame(reformatter, f, size, r))
                 for k, chosen in sampler.push(stamp - first, item):
+                    position["next_k"] = sampler.next_k
                     cut = cutter.push(k, chosen.rgb())
                     if cut is None:
                         continue
                     start_k, frames = cut
                     window = Window(
-                        index=window_index,
+                        index=position["window"],
                         segment=self.stats.segments,
-                        start=segment_start + start_k / inputs.fps,
-                        end=segment_start + (start_k + inputs.clip_len) / inputs.fps,
+                        start=position["start"] + start_k / inputs.fps,
+                        end=position["start"] + (start_k + inputs.clip_len) / inputs.fps,
                         frames=np.stack(frames),
                         received_at=time.time(),
                     )
-                    window_index += 1
+                    position["window"] += 1
                     self.stats.windows_made += 1
                     if self.pending.put((window, preprocess_frames(window.frames, inputs))):
                         self._count_drop()
                 if self.stopping.is_set():
                     break
-            if sampler is not None:
-                segment_start += sampler.next_k / inputs.fps
-        return segment_start, window_index, produced
+        return self._produced
 
     def _frames(self, container, stream):
         import av

@@ -361,3 +361,19 @@ def test_windows_equal_offline_scoring_of_their_frames(service, tmp_path):
         differences[key] = (float(difference.max()), prediction["batch_size"])
         assert rows[key]["top_k_labels"] == [entry["label"] for entry in prediction["top_k"]]
     assert max(difference for difference, _ in differences.values()) <= 1e-5, differences
+
+
+def test_the_cluster_serve_config_is_valid():
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from pipeline.serve import app
+
+    document = yaml.safe_load((REPO / "cluster" / "serve.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(document)
+    (application,) = schema.applications
+    module, _, name = application.import_path.partition(":")
+    assert module == "pipeline.serve.app" and getattr(app, name) is app.app_builder
+    fields = set(app.ServeSettings.__dataclass_fields__)
+    assert set(application.args) <= fields and "model" in application.args
+    assert document["http_options"]["port"] == 8000

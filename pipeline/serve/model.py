@@ -68,8 +68,8 @@ class WindowModel:
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.metrics = ReplicaMetrics()
         self.description = description
-        # Every model call runs on this one thread, warmed up here: a first call on a fresh
-        # thread set up its OpenMP team differently and gave features off by ~1e-5.
+        # Every model call runs on this one thread (torch's thread settings are per thread),
+        # warmed up here so that the first window does not pay for oneDNN's set-up.
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")
         inputs = self.extractor.extractor.config
         blank = np.zeros((inputs.clip_len, inputs.crop, inputs.crop, 3), np.uint8)

@@ -31,7 +31,7 @@ from pipeline.train.trainer import STRATEGIES, Strategy, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 VERBS = ("extract", "train", "tune", "experiments", "score", "crosscam", "robustness", "demo")
-VERBS += ("export", "edge_score")
+VERBS += ("export", "edge_score", "serve")
 # Which dataclass each recipe file loads into, by file-name prefix; a new file needs a row.
 RECIPES = {"demo": DemoConfig, "crosscam-": BenchmarkPlan, "train-": TrainConfig}
 PATHS = {TrainConfig: {"features": "f", "out": "o"}}  # fields a recipe leaves to the flags

@@ -48,6 +48,7 @@ __all__ = [
     "first_line",
     "open_reader",
     "open_source",
+    "rgb_frame",
 ]
 
 # 8K UHD: anything larger is refused before decoding a frame (a decoded frame of a
@@ -167,6 +168,21 @@ def _duration(times: np.ndarray, last_duration: float) -> float:
 
 
 # ---------------------------------------------------------------------------------- pyav
+
+
+def rgb_frame(reformatter, frame, size: tuple[int, int] | None, rotation: int) -> np.ndarray:
+    """A decoded PyAV frame -> upright uint8 (H, W, 3) RGB at ``size`` (height, width; None:
+    native), scaled by FFmpeg's bilinear while converting: the decoder scaling of every pyav
+    reader (files here, live streams in pipeline.serve), so their frames are the same."""
+    width, height = frame.width, frame.height
+    if size is not None:
+        height, width = size
+        if rotation in (90, 270):
+            width, height = height, width
+    converted = reformatter.reformat(
+        frame, width=width, height=height, format="rgb24", interpolation="BILINEAR"
+    )
+    return _upright(converted.to_ndarray(), rotation)
 
 
 @dataclass(frozen=True)
@@ -320,15 +336,7 @@ class PyAVReader(VideoReader):
         self._current = None
 
     def _convert(self, frame) -> np.ndarray:
-        width, height = frame.width, frame.height
-        if self._size is not None:
-            height, width = self._size
-            if self._rotation in (90, 270):
-                width, height = height, width
-        converted = self._reformatter.reformat(
-            frame, width=width, height=height, format="rgb24", interpolation="BILINEAR"
-        )
-        return _upright(converted.to_ndarray(), self._rotation)
+        return rgb_frame(self._reformatter, frame, self._size, self._rotation)
 
     def frames(self, indices: list[int]) -> np.ndarray:
         return np.stack([self._convert(self._frame(target)) for target in indices])

@@ -70,6 +70,17 @@ def test_registry_lists_the_three_extractors():
         get_extractor("no-such-extractor")
 
 
+def test_lazy_package_names_are_the_registry_modules_names():
+    """feature_extractors/__init__.py lists its names without importing torch; they must be
+    the names of the module that defines them (one list cannot be read from the other
+    without that import)."""
+    import feature_extractors
+    from feature_extractors import _registry
+
+    assert sorted(feature_extractors.__all__) == sorted(_registry.__all__)
+    assert all(hasattr(_registry, name) for name in feature_extractors.__all__)
+
+
 @pytest.mark.parametrize("name", available_extractors())
 def test_output_shape_and_dtype(name):
     extractor = built(name)

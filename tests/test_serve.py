@@ -280,6 +280,7 @@ def test_udp_stream_is_scored_and_recovers_from_a_drop(service):
         _stop(publisher)  # the camera drops
         dropped = _wait(service, "udp1", lambda s: s["state"] == "reconnecting")
         assert dropped["reconnects"] >= 1 and dropped["last_error"]
+        assert dropped["last_error"].startswith("no data for "), dropped["last_error"]
         publisher = _publish(url + "?pkt_size=1316", "mpegts")  # and comes back
         back = _wait(service, "udp1", lambda s: s["state"] == "streaming" and s["segments"] >= 2)
         deadline = time.monotonic() + 60

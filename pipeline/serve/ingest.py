@@ -290,7 +290,7 @@ class StreamIngest:
                 self._set_state("failed", str(failure))
                 return
             except Exception as failure:  # noqa: BLE001 - any drop is retried
-                produced, error = self._produced, first_line(failure)
+                produced, error = self._produced, self._drop_reason(failure)
             if self.stopping.is_set():
                 return
             self.stats.reconnects += 1
@@ -302,6 +302,17 @@ class StreamIngest:
             if self.stopping.wait(delay):
                 return
             delay = min(delay * 2, self.settings.backoff_max)
+
+    def _drop_reason(self, failure: Exception) -> str:
+        """Why a connection ended, in words: PyAV's timeouts interrupt FFmpeg, which then
+        reports only "Immediate exit requested"."""
+        import av
+
+        if isinstance(failure, av.ExitError):
+            opening = self.settings.open_timeout + 5  # _open's timeouts
+            limit = self.settings.read_timeout if self._produced else opening
+            return f"no data for {limit:g} s (timeout)"
+        return first_line(failure)
 
     def _open(self):
         import av
